@@ -1,0 +1,66 @@
+// ckpt/state_dict.hpp — an ordered name -> tensor map, as Module.state_dict().
+//
+// A StateDict keeps tensors in insertion order under their dotted names
+// ("encoder.layer.0.weight") together with the per-module `_metadata` that
+// PyTorch attaches to state dicts (module prefix -> {"version": N}), so that
+// a load/save round trip gives Python the same object it saved. Tensors that
+// share storage (tied weights) keep sharing it. Not synchronised.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "ckpt/tensor.hpp"
+#include "ckpt/value.hpp"
+
+namespace ckpt {
+
+class StateDict {
+ public:
+  using Item = std::pair<std::string, Tensor>;
+
+  StateDict() = default;
+
+  size_t size() const noexcept { return items_.size(); }
+  bool empty() const noexcept { return items_.empty(); }
+  auto begin() const noexcept { return items_.begin(); }
+  auto end() const noexcept { return items_.end(); }
+  auto begin() noexcept { return items_.begin(); }
+  auto end() noexcept { return items_.end(); }
+  const std::vector<Item>& items() const noexcept { return items_; }
+  std::vector<std::string> keys() const;
+
+  bool contains(std::string_view name) const;
+  const Tensor* find(std::string_view name) const;
+  Tensor* find(std::string_view name);
+  // Throws ckpt::TypeError when absent.
+  const Tensor& at(std::string_view name) const;
+  Tensor& at(std::string_view name);
+  // Inserts or replaces (keeping the position of an existing name).
+  void set(std::string name, Tensor tensor);
+  bool erase(std::string_view name);
+
+  // PyTorch's per-module metadata: prefix ("" for the root, "layer1.0")
+  // -> dict such as {'version': 1}. A Dict value, or None when absent.
+  Value metadata;
+
+  // The OrderedDict a Python state_dict() pickles as (with `_metadata`
+  // as its attribute when present).
+  Value to_value() const;
+  // Accepts a dict/OrderedDict whose values are all tensors (keys must be
+  // strings). Throws ckpt::TypeError naming the first offending key.
+  static StateDict from_value(const Value& value);
+
+  // Total bytes of all tensors' elements (shared storages counted once per tensor).
+  size_t nbytes() const noexcept;
+
+ private:
+  std::vector<Item> items_;
+  std::unordered_map<std::string, size_t> index_;
+  void reindex();
+};
+
+}  // namespace ckpt

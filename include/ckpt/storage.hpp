@@ -1,0 +1,66 @@
+// ckpt/storage.hpp — a shared, reference-counted byte buffer.
+//
+// A Storage is what PyTorch calls an untyped storage: the bytes that one or
+// more tensors view. Copying a Storage copies the handle, not the bytes; all
+// copies see the same memory, which is how tied weights and views stay shared
+// through a load/save round trip. The bytes live in one of three backings:
+//   - owned:    64-byte aligned heap memory allocated by ckpt (writable);
+//   - mapped:   a window into a read-only memory-mapped file (the mapping
+//               stays alive as long as any Storage refers to it);
+//   - external: memory owned by someone else (a LibTorch tensor, a caller's
+//               buffer), released through a callback when the last handle
+//               goes away.
+// Handles are thread-safe to copy and destroy (std::shared_ptr); the bytes
+// themselves are not synchronised.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <span>
+
+namespace ckpt {
+
+class Storage {
+ public:
+  enum class Backing : unsigned char { owned, mapped, external };
+
+  // Alignment of owned allocations; matches torch's zip record alignment so
+  // that owned and mapped storages have the same guarantees.
+  static constexpr size_t kAlignment = 64;
+
+  Storage() = default;  // an empty (null) storage with no bytes
+
+  // Owned, uninitialised bytes.
+  static Storage allocate(size_t nbytes);
+  // Owned copy of `bytes`.
+  static Storage copy_of(std::span<const std::byte> bytes);
+  // A read-only view of memory kept alive by `keepalive` (e.g. a mapping).
+  static Storage mapped(std::shared_ptr<const void> keepalive, const std::byte* data, size_t nbytes);
+  // Memory owned by someone else; `release` (may be empty) runs when the last
+  // handle is destroyed.
+  static Storage external(std::byte* data, size_t nbytes, std::function<void()> release,
+                          bool writable = true);
+
+  explicit operator bool() const noexcept { return impl_ != nullptr; }
+  size_t nbytes() const noexcept;
+  const std::byte* data() const noexcept;
+  // Writable pointer; throws ckpt::Error for read-only (mapped) storages.
+  std::byte* mutable_data() const;
+  bool writable() const noexcept;
+  Backing backing() const noexcept;
+  std::span<const std::byte> bytes() const noexcept { return {data(), nbytes()}; }
+
+  // Identity: two handles to the same buffer compare equal.
+  const void* id() const noexcept { return impl_.get(); }
+  friend bool operator==(const Storage& a, const Storage& b) noexcept { return a.impl_ == b.impl_; }
+  long use_count() const noexcept { return impl_.use_count(); }
+
+  struct Impl;
+
+ private:
+  explicit Storage(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace ckpt

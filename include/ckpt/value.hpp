@@ -1,0 +1,236 @@
+// ckpt/value.hpp — the object tree a checkpoint holds.
+//
+// A Value is what a pickle describes, restricted to what a checkpoint
+// contains: None, bool, int (64-bit; wider integers stay exact as BigInt),
+// float, complex, str, bytes, list, tuple, dict (ordered, any hashable key),
+// set, Tensor, a bare storage, and torch leaf types (dtype, device, Size).
+// When a file is loaded with weights_only=false (inspection), a class that is
+// not on the allow-list becomes an inert Object {module, name, args, state}
+// and a bare reference to a class or function becomes a Global; they are
+// printed and walked, never executed.
+//
+// Containers (list, tuple, dict, set, object) are shared: copying a Value
+// copies a handle, as Python references do, so an object referenced twice in
+// a pickle is one object here too. Values built by ckpt's loaders are
+// guaranteed acyclic. Not synchronised: share across threads read-only.
+#pragma once
+
+#include <complex>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "ckpt/dtype.hpp"
+#include "ckpt/tensor.hpp"
+
+namespace ckpt {
+
+class Value;
+class Dict;
+struct Object;
+
+using List = std::vector<Value>;
+
+// A storage saved on its own (not through a tensor): torch.save(t.untyped_storage()).
+struct StorageValue {
+  Storage storage;
+  DType dtype = DType::uint8;  // element type of the (typed) storage
+  std::string device = "cpu";
+};
+
+struct Device {
+  std::string name;  // "cpu", "cuda:0", "mps", "meta"
+  friend bool operator==(const Device&, const Device&) = default;
+};
+
+// torch.Size
+struct Size {
+  std::vector<int64_t> dims;
+  friend bool operator==(const Size&, const Size&) = default;
+};
+
+// An integer that does not fit in int64: two's complement, little-endian,
+// minimal length (as pickle's LONG1/LONG4 encode it).
+struct BigInt {
+  std::vector<uint8_t> bytes;
+  std::string to_string() const;  // decimal
+  friend bool operator==(const BigInt&, const BigInt&) = default;
+};
+
+// A reference to a class or function by name (inspection mode only).
+struct Global {
+  std::string module;
+  std::string name;
+  std::string qualified() const { return module + "." + name; }
+  friend bool operator==(const Global&, const Global&) = default;
+};
+
+class Value {
+ public:
+  enum class Kind : uint8_t {
+    None, Bool, Int, BigInt, Float, Complex, String, Bytes,
+    List, Tuple, Dict, Set, Tensor, Storage, DType, Device, Size, Global, Object,
+  };
+
+  Value() noexcept = default;  // None
+  Value(std::nullptr_t) noexcept {}
+  Value(bool v) : v_(v) {}
+  Value(int v) : v_(static_cast<int64_t>(v)) {}
+  Value(int64_t v) : v_(v) {}
+  Value(double v) : v_(v) {}
+  Value(std::complex<double> v) : v_(v) {}
+  Value(const char* s) : v_(std::string(s)) {}
+  Value(std::string s) : v_(std::move(s)) {}
+  Value(std::string_view s) : v_(std::string(s)) {}
+  Value(ckpt::Tensor t) : v_(std::move(t)) {}
+  Value(StorageValue s) : v_(std::move(s)) {}
+  Value(ckpt::DType d) : v_(d) {}
+  Value(ckpt::Device d) : v_(std::move(d)) {}
+  Value(ckpt::Size s) : v_(std::move(s)) {}
+  Value(ckpt::BigInt b) : v_(std::move(b)) {}
+  Value(ckpt::Global g) : v_(std::move(g)) {}
+  Value(std::shared_ptr<ckpt::Dict> d);
+  Value(std::shared_ptr<Object> o);
+
+  // Factories for kinds that share a C++ type with another kind.
+  static Value bytes(std::string b);
+  static Value list(List items = {});
+  static Value tuple(List items = {});
+  static Value set(List items = {});
+  static Value dict();  // an empty plain dict
+  static Value ordered_dict();  // an empty collections.OrderedDict
+
+  Kind kind() const noexcept;
+  static std::string_view kind_name(Kind k) noexcept;
+  std::string_view kind_name() const noexcept { return kind_name(kind()); }
+
+  bool is_none() const noexcept { return kind() == Kind::None; }
+  bool is_bool() const noexcept { return kind() == Kind::Bool; }
+  bool is_int() const noexcept { return kind() == Kind::Int; }
+  bool is_float() const noexcept { return kind() == Kind::Float; }
+  bool is_string() const noexcept { return kind() == Kind::String; }
+  bool is_bytes() const noexcept { return kind() == Kind::Bytes; }
+  bool is_list() const noexcept { return kind() == Kind::List; }
+  bool is_tuple() const noexcept { return kind() == Kind::Tuple; }
+  bool is_dict() const noexcept { return kind() == Kind::Dict; }
+  bool is_tensor() const noexcept { return kind() == Kind::Tensor; }
+  bool is_object() const noexcept { return kind() == Kind::Object; }
+
+  // Accessors throw ckpt::TypeError naming the expected and actual kind.
+  bool as_bool() const;
+  int64_t as_int() const;  // Int (and Bool, as Python does)
+  double as_float() const;  // Float, or Int/Bool converted
+  std::complex<double> as_complex() const;
+  const std::string& as_string() const;
+  const std::string& as_bytes() const;
+  // List, Tuple and Set share one representation: a vector of items.
+  List& as_list() const;
+  List& as_tuple() const;
+  List& as_set() const;
+  // Elements of a list or tuple (either kind).
+  List& items() const;
+  Dict& as_dict() const;
+  const ckpt::Tensor& as_tensor() const;
+  ckpt::Tensor& as_tensor();
+  const StorageValue& as_storage() const;
+  ckpt::DType as_dtype() const;
+  const ckpt::Device& as_device() const;
+  const ckpt::Size& as_size() const;
+  const ckpt::BigInt& as_bigint() const;
+  const ckpt::Global& as_global() const;
+  Object& as_object() const;
+
+  // Identity of a shared container (list/tuple/set/dict/object), else null.
+  const void* container_id() const noexcept;
+
+  // Python-like text: {'a': tensor(float32, [2, 3]), 'b': [1, 2.5, None]}.
+  // Long containers and deep trees are abbreviated.
+  std::string repr() const;
+
+  // Deep structural equality; tensors compare by dtype, shape and bytes.
+  // Numbers compare as Python does (True == 1 == 1.0).
+  friend bool operator==(const Value& a, const Value& b);
+
+  // Hash consistent with operator== for hashable kinds (None, numbers, str,
+  // bytes, tuple of hashables, dtype, device, Size, Global); containers and
+  // tensors hash by identity.
+  size_t hash() const;
+  // Whether Python would allow this value as a dict key.
+  bool hashable() const noexcept;
+
+ private:
+  struct Sequence {
+    Kind kind;
+    List items;
+  };
+  struct BytesBox {
+    std::string data;
+  };
+  using Variant =
+      std::variant<std::monostate, bool, int64_t, ckpt::BigInt, double, std::complex<double>,
+                   std::string, BytesBox, std::shared_ptr<Sequence>, std::shared_ptr<ckpt::Dict>,
+                   ckpt::Tensor, StorageValue, ckpt::DType, ckpt::Device, ckpt::Size, ckpt::Global,
+                   std::shared_ptr<Object>>;
+  Variant v_;
+  static Value make_sequence(Kind kind, List items);
+  [[noreturn]] void type_error(std::string_view expected) const;
+};
+
+// An ordered dict. Keys may be any hashable Value (strings, ints, tuples...).
+// Insertion order is kept; setting an existing key keeps its position, as
+// Python's dict does.
+class Dict {
+ public:
+  using Item = std::pair<Value, Value>;
+
+  bool ordered = false;  // collections.OrderedDict rather than dict
+  // Attributes set on the dict object by BUILD (a state dict's `_metadata`).
+  // A Dict (possibly empty), or None when the pickle had no BUILD.
+  Value attributes;
+
+  size_t size() const noexcept { return items_.size(); }
+  bool empty() const noexcept { return items_.empty(); }
+  auto begin() const noexcept { return items_.begin(); }
+  auto end() const noexcept { return items_.end(); }
+  auto begin() noexcept { return items_.begin(); }
+  auto end() noexcept { return items_.end(); }
+  const std::vector<Item>& items() const noexcept { return items_; }
+
+  Value* find(const Value& key);
+  const Value* find(const Value& key) const;
+  bool contains(const Value& key) const { return find(key) != nullptr; }
+  // Throws ckpt::TypeError ("key 'x' not found") when absent.
+  Value& at(const Value& key);
+  const Value& at(const Value& key) const;
+
+  // Inserts or overwrites. Throws ckpt::TypeError for unhashable keys.
+  void set(Value key, Value value);
+  bool erase(const Value& key);
+  void reserve(size_t n);
+  void clear();
+
+ private:
+  std::vector<Item> items_;
+  std::unordered_multimap<size_t, size_t> index_;  // hash -> position in items_
+};
+
+// An instance of a class that is not on the allow-list, kept inert
+// (inspection mode only): how the pickle constructed it, nothing more.
+struct Object {
+  std::string module;
+  std::string name;
+  std::string how;       // "REDUCE", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ"
+  Value args;            // a Tuple
+  Value kwargs;          // NEWOBJ_EX keyword arguments (Dict) or None
+  Value state;           // BUILD argument, None when never built
+  List list_items;       // APPEND/APPENDS onto the object (list subclasses)
+  std::vector<Dict::Item> dict_items;  // SETITEM(S) onto the object (dict subclasses)
+  std::string qualified() const { return module + "." + name; }
+};
+
+}  // namespace ckpt

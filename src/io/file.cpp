@@ -1,0 +1,246 @@
+#include "io/file.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <utility>
+
+#include "ckpt/error.hpp"
+
+namespace ckpt::io {
+namespace {
+
+[[noreturn]] void throw_errno(const std::string& what, const std::string& path, int err) {
+  throw IoError(what + ": " + std::strerror(err), err, ErrorContext{path, "", std::nullopt});
+}
+
+void check_range(const std::string& name, uint64_t size, uint64_t offset, size_t n) {
+  if (offset > size || n > size - offset)
+    throw FormatError("file is truncated: needs bytes up to " + std::to_string(offset + n) +
+                          " but has " + std::to_string(size),
+                      ErrorContext{name, "", offset});
+}
+
+class FdHolder {
+ public:
+  explicit FdHolder(int fd) : fd_(fd) {}
+  ~FdHolder() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FdHolder(const FdHolder&) = delete;
+  FdHolder& operator=(const FdHolder&) = delete;
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
+
+int open_readonly(const std::string& path, uint64_t& size) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_errno("cannot open", path, errno);
+  FdHolder holder(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) throw_errno("cannot stat", path, errno);
+  if (S_ISDIR(st.st_mode)) throw IoError("is a directory", EISDIR, ErrorContext{path, "", std::nullopt});
+  size = static_cast<uint64_t>(st.st_size);
+  return holder.release();
+}
+
+class PosixRandomAccessFile final : public RandomAccessFile {
+ public:
+  explicit PosixRandomAccessFile(std::string path) : path_(std::move(path)) {
+    fd_ = open_readonly(path_, size_);
+  }
+  ~PosixRandomAccessFile() override { ::close(fd_); }
+  const std::string& name() const override { return path_; }
+  uint64_t size() const override { return size_; }
+  void read_at(uint64_t offset, std::span<std::byte> dst) const override {
+    check_range(path_, size_, offset, dst.size());
+    size_t done = 0;
+    while (done < dst.size()) {
+      // Linux returns at most ~2 GiB per call; loop until complete.
+      ssize_t n = ::pread(fd_, dst.data() + done, dst.size() - done,
+                          static_cast<off_t>(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("read failed", path_, errno);
+      }
+      if (n == 0)
+        throw FormatError("file shrank while reading", ErrorContext{path_, "", offset + done});
+      done += static_cast<size_t>(n);
+    }
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  uint64_t size_ = 0;
+};
+
+struct Mapping {
+  void* addr = nullptr;
+  size_t len = 0;
+  ~Mapping() {
+    if (addr && addr != MAP_FAILED) ::munmap(addr, len);
+  }
+};
+
+class MemoryFile final : public RandomAccessFile {
+ public:
+  MemoryFile(std::span<const std::byte> bytes, std::shared_ptr<const void> keepalive, std::string name)
+      : bytes_(bytes), keepalive_(std::move(keepalive)), name_(std::move(name)) {}
+  const std::string& name() const override { return name_; }
+  uint64_t size() const override { return bytes_.size(); }
+  void read_at(uint64_t offset, std::span<std::byte> dst) const override {
+    check_range(name_, bytes_.size(), offset, dst.size());
+    if (!dst.empty()) std::memcpy(dst.data(), bytes_.data() + offset, dst.size());
+  }
+  const std::byte* memory() const override { return bytes_.data(); }
+  std::shared_ptr<const void> keepalive() const override { return keepalive_; }
+
+ private:
+  std::span<const std::byte> bytes_;
+  std::shared_ptr<const void> keepalive_;
+  std::string name_;
+};
+
+class PosixWritableFile final : public WritableFile {
+ public:
+  PosixWritableFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  ~PosixWritableFile() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  void append(std::span<const std::byte> data) override {
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("write failed", path_, errno);
+      }
+      done += static_cast<size_t>(n);
+    }
+    size_ += data.size();
+  }
+  void sync() override {
+    if (::fdatasync(fd_) != 0) throw_errno("fsync failed", path_, errno);
+  }
+  void close() override {
+    int fd = std::exchange(fd_, -1);
+    if (fd >= 0 && ::close(fd) != 0) throw_errno("close failed", path_, errno);
+  }
+  uint64_t size() const override { return size_; }
+
+ private:
+  std::string path_;
+  int fd_;
+  uint64_t size_ = 0;
+};
+
+class StringWriter final : public WritableFile {
+ public:
+  explicit StringWriter(std::string& out) : out_(out) {}
+  void append(std::span<const std::byte> data) override {
+    out_.append(reinterpret_cast<const char*>(data.data()), data.size());
+  }
+  void sync() override {}
+  void close() override {}
+  uint64_t size() const override { return out_.size(); }
+
+ private:
+  std::string& out_;
+};
+
+class PosixEnv final : public Env {
+ public:
+  std::unique_ptr<WritableFile> new_writable_file(const std::string& path) override {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) throw_errno("cannot create", path, errno);
+    return std::make_unique<PosixWritableFile>(path, fd);
+  }
+  void rename_file(const std::string& from, const std::string& to) override {
+    if (::rename(from.c_str(), to.c_str()) != 0) throw_errno("cannot rename " + from + " to", to, errno);
+  }
+  void remove_file(const std::string& path) override { ::unlink(path.c_str()); }
+  void sync_dir(const std::string& dir) override {
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) throw_errno("cannot open directory", dir, errno);
+    FdHolder holder(fd);
+    if (::fsync(fd) != 0 && errno != EINVAL) throw_errno("cannot fsync directory", dir, errno);
+  }
+  bool file_exists(const std::string& path) override { return ::access(path.c_str(), F_OK) == 0; }
+};
+
+std::string temp_name_for(const std::string& path) {
+  static std::atomic<uint64_t> counter{0};
+  std::filesystem::path p(path);
+  std::random_device rd;
+  std::string name = "." + p.filename().string() + ".tmp." + std::to_string(::getpid()) + "." +
+                     std::to_string(counter++) + "." + std::to_string(rd() % 100000);
+  return (p.parent_path() / name).string();
+}
+
+}  // namespace
+
+std::shared_ptr<RandomAccessFile> open_file(const std::string& path) {
+  return std::make_shared<PosixRandomAccessFile>(path);
+}
+
+std::shared_ptr<RandomAccessFile> map_file(const std::string& path) {
+  uint64_t size = 0;
+  FdHolder fd(open_readonly(path, size));
+  auto mapping = std::make_shared<Mapping>();
+  if (size > 0) {
+    void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+    if (addr == MAP_FAILED) throw_errno("cannot map", path, errno);
+    mapping->addr = addr;
+    mapping->len = size;
+  }
+  auto* base = static_cast<const std::byte*>(mapping->addr);
+  static const std::byte kEmpty[1] = {};
+  return std::make_shared<MemoryFile>(std::span<const std::byte>(size ? base : kEmpty, size),
+                                      std::move(mapping), path);
+}
+
+std::shared_ptr<RandomAccessFile> memory_file(std::span<const std::byte> bytes,
+                                              std::shared_ptr<const void> keepalive, std::string name) {
+  return std::make_shared<MemoryFile>(bytes, std::move(keepalive), std::move(name));
+}
+
+Env& Env::posix() {
+  static PosixEnv env;
+  return env;
+}
+
+std::unique_ptr<WritableFile> string_writer(std::string& out) {
+  return std::make_unique<StringWriter>(out);
+}
+
+void write_atomically(Env& env, const std::string& path,
+                      const std::function<void(WritableFile&)>& body) {
+  const std::string tmp = temp_name_for(path);
+  std::unique_ptr<WritableFile> file = env.new_writable_file(tmp);
+  try {
+    body(*file);
+    file->sync();
+    file->close();
+    file.reset();
+    env.rename_file(tmp, path);
+  } catch (...) {
+    file.reset();
+    env.remove_file(tmp);
+    throw;
+  }
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  env.sync_dir(dir.empty() ? "." : dir.string());
+}
+
+}  // namespace ckpt::io

@@ -1,0 +1,77 @@
+// Private: the one interface for bytes in and out of ckpt.
+//
+// Reading goes through RandomAccessFile::read_at (positioned reads that
+// either fill the whole span or throw); memory-resident files (a buffer or a
+// read-only mapping) also expose their bytes for zero-copy views. Writing goes
+// through Env + WritableFile so that tests can swap in FaultInjectionEnv and
+// hit every error path (ENOSPC, EIO at the Nth write/fsync/rename).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace ckpt::io {
+
+class RandomAccessFile {
+ public:
+  virtual ~RandomAccessFile() = default;
+  // The name used in error messages (a path, or "<memory>").
+  virtual const std::string& name() const = 0;
+  virtual uint64_t size() const = 0;
+  // Fills `dst` with the bytes at [offset, offset + dst.size()). Throws
+  // ckpt::FormatError when that range passes the end of the file and
+  // ckpt::IoError when the OS fails.
+  virtual void read_at(uint64_t offset, std::span<std::byte> dst) const = 0;
+  // The whole file as memory, when it is memory (buffer or mapping); null
+  // otherwise. Views into it stay valid while keepalive() is held.
+  virtual const std::byte* memory() const { return nullptr; }
+  virtual std::shared_ptr<const void> keepalive() const { return nullptr; }
+};
+
+// pread-based file.
+std::shared_ptr<RandomAccessFile> open_file(const std::string& path);
+// Read-only private mapping of the whole file (memory() is non-null).
+std::shared_ptr<RandomAccessFile> map_file(const std::string& path);
+// A caller's buffer; `keepalive` (may be null) keeps it alive.
+std::shared_ptr<RandomAccessFile> memory_file(std::span<const std::byte> bytes,
+                                              std::shared_ptr<const void> keepalive = nullptr,
+                                              std::string name = "<memory>");
+
+class WritableFile {
+ public:
+  virtual ~WritableFile() = default;  // closes without syncing; never throws
+  virtual void append(std::span<const std::byte> data) = 0;
+  virtual void sync() = 0;   // fsync
+  virtual void close() = 0;  // flush + close; errors reported here
+  virtual uint64_t size() const = 0;  // bytes appended so far
+};
+
+// File-system operations that writes depend on.
+class Env {
+ public:
+  virtual ~Env() = default;
+  // Creates a new file (fails if it exists).
+  virtual std::unique_ptr<WritableFile> new_writable_file(const std::string& path) = 0;
+  virtual void rename_file(const std::string& from, const std::string& to) = 0;
+  virtual void remove_file(const std::string& path) = 0;  // never throws on ENOENT
+  virtual void sync_dir(const std::string& dir) = 0;
+  virtual bool file_exists(const std::string& path) = 0;
+  // The process-wide POSIX implementation.
+  static Env& posix();
+};
+
+// Writes `path` atomically: `body` writes a temporary file in the same
+// directory, which is then fsynced, closed, renamed over `path`, and the
+// directory fsynced. On any failure (an exception from `body` or from the
+// file system) the temporary is removed, `path` keeps its previous content
+// and the exception propagates.
+void write_atomically(Env& env, const std::string& path,
+                      const std::function<void(WritableFile&)>& body);
+
+// A WritableFile that appends into a std::string (saving to memory).
+std::unique_ptr<WritableFile> string_writer(std::string& out);
+
+}  // namespace ckpt::io
