@@ -1,0 +1,121 @@
+// Private: the zip container used by torch.save, TorchScript and LibTorch.
+//
+// ZipReader parses the central directory (ZIP64 aware), resolves each entry's
+// data offset from its local header, and hands out entry bytes either as an
+// owned copy (stored entries: one positioned read; deflated entries: inflated
+// with libdeflate into a buffer of the declared size) or, for stored entries
+// of a memory-resident file, as a zero-copy view. CRC32 (ISA-L) is checked on
+// request. Every offset and size is validated against the file size before use.
+//
+// ZipWriter streams a store-only archive the way PyTorch's writer lays it out:
+// local headers with flag 0x0808 and zero CRC/sizes, an "FB" extra field that
+// pads each payload to `alignment` bytes, a data descriptor after each
+// payload, then the central directory, ZIP64 end record + locator and the end
+// record. ZIP64 fields are used for entries at or past `zip64_threshold`.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "ckpt/storage.hpp"
+#include "io/file.hpp"
+
+namespace ckpt::zip {
+
+// CRC-32 (IEEE, as zip and gzip use), continuing from `crc` (0 to start).
+uint32_t crc32(std::span<const std::byte> data, uint32_t crc = 0) noexcept;
+
+// Does this look like a zip file (local header signature at offset 0)?
+bool looks_like_zip(std::span<const std::byte> first_bytes) noexcept;
+
+struct Entry {
+  std::string name;
+  uint16_t method = 0;  // 0 stored, 8 deflated
+  uint16_t flags = 0;
+  uint32_t crc32 = 0;
+  uint64_t compressed_size = 0;
+  uint64_t uncompressed_size = 0;
+  uint64_t local_header_offset = 0;
+  uint64_t data_offset = 0;  // first payload byte in the file
+};
+
+struct ReaderLimits {
+  size_t max_entries = 1 << 22;                       // 4M entries
+  uint64_t max_inflated_size = uint64_t{1} << 40;     // also capped at 1032x compressed (deflate's max ratio)
+};
+
+class ZipReader {
+ public:
+  // Throws ckpt::FormatError: "not a zip file" when no end record is found,
+  // otherwise a message naming the damaged structure and its offset.
+  explicit ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits limits = {});
+
+  const std::vector<Entry>& entries() const noexcept { return entries_; }
+  const Entry* find(std::string_view name) const noexcept;
+  const io::RandomAccessFile& file() const noexcept { return *file_; }
+  const std::shared_ptr<io::RandomAccessFile>& file_ptr() const noexcept { return file_; }
+
+  // The entry's bytes in owned, 64-byte aligned memory.
+  Storage read(const Entry& e) const;
+  // Small records (data.pkl, version): the bytes as a string.
+  std::string read_string(const Entry& e) const;
+  // Reads a stored entry straight into `dst` (dst.size() == uncompressed_size).
+  void read_into(const Entry& e, std::span<std::byte> dst) const;
+  // A read-only view into the file's memory for a stored entry; requires
+  // file().memory() != nullptr. Throws for deflated entries.
+  Storage view(const Entry& e) const;
+  // Recomputes the CRC32 and compares with the central directory. A stored
+  // CRC of 0 on a non-empty entry is "not recorded" (torch can write such
+  // files) and passes unless `strict`. Throws ckpt::FormatError on mismatch.
+  void verify(const Entry& e, bool strict = false) const;
+
+ private:
+  std::shared_ptr<io::RandomAccessFile> file_;
+  ReaderLimits limits_;
+  std::vector<Entry> entries_;
+  std::unordered_map<std::string, size_t> by_name_;
+};
+
+struct WriterOptions {
+  uint32_t alignment = 64;                    // payload alignment (torch: 64)
+  uint64_t zip64_threshold = 0xFFFFFFFFull;   // lower only in tests to force ZIP64
+  bool compute_crc = true;
+};
+
+class ZipWriter {
+ public:
+  ZipWriter(io::WritableFile& out, WriterOptions options = {});
+  // One record from memory.
+  void add(std::string_view name, std::span<const std::byte> data);
+  // A record streamed in pieces: begin_entry(name, total size), write()...,
+  // end_entry(). The pieces must add up to `size`.
+  void begin_entry(std::string_view name, uint64_t size);
+  void write(std::span<const std::byte> piece);
+  void end_entry();
+  // Central directory and end records. Must be called once, last.
+  void finish();
+
+ private:
+  struct Written {
+    std::string name;
+    uint32_t crc;
+    uint64_t size;
+    uint64_t offset;
+  };
+  io::WritableFile& out_;
+  WriterOptions options_;
+  std::vector<Written> written_;
+  bool in_entry_ = false;
+  bool finished_ = false;
+  uint64_t pos_ = 0;
+  Written current_{};
+  uint64_t current_written_ = 0;
+  bool current_zip64_ = false;
+};
+
+}  // namespace ckpt::zip
