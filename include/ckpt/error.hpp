@@ -21,6 +21,11 @@ struct ErrorContext {
   std::string file;                // path (or "<memory>") of the outer file
   std::string record;              // archive entry / member / logical section
   std::optional<uint64_t> offset;  // byte offset inside `record` (or the file)
+
+  ErrorContext() = default;
+  ErrorContext(std::string file_, std::string record_ = {},
+               std::optional<uint64_t> offset_ = std::nullopt)
+      : file(std::move(file_)), record(std::move(record_)), offset(offset_) {}
 };
 
 class Error : public std::runtime_error {

@@ -1,0 +1,240 @@
+#include "ckpt/load.hpp"
+
+#include <charconv>
+#include <cstring>
+
+#include "api/open_internal.hpp"
+#include "ckpt/error.hpp"
+#include "container/zip.hpp"
+#include "formats/torch_zip.hpp"
+
+namespace ckpt {
+
+std::string_view format_name(Format f) noexcept {
+  switch (f) {
+    case Format::torch_zip: return "torch_zip";
+    case Format::torch_legacy: return "torch_legacy";
+    case Format::torch_tar: return "torch_tar";
+    case Format::torchscript: return "torchscript";
+    case Format::safetensors: return "safetensors";
+    case Format::unknown: break;
+  }
+  return "unknown";
+}
+
+// ---------------------------------------------------------------- MapLocation
+
+MapLocation::MapLocation(std::string device)
+    : fn_([device = std::move(device)](const std::string&) { return device; }) {}
+
+MapLocation::MapLocation(std::map<std::string, std::string> mapping)
+    : fn_([mapping = std::move(mapping)](const std::string& saved) {
+        auto it = mapping.find(saved);
+        return it == mapping.end() ? saved : it->second;
+      }) {}
+
+MapLocation::MapLocation(std::function<std::string(const std::string&)> fn) : fn_(std::move(fn)) {}
+
+std::string MapLocation::apply(const std::string& saved_device) const {
+  return fn_ ? fn_(saved_device) : saved_device;
+}
+
+// ---------------------------------------------------------------- detection
+
+namespace {
+
+// The legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c
+// (PROTO 2, LONG1 10 bytes).
+constexpr unsigned char kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c,
+                                          0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
+constexpr size_t kTarMagicOffset = 257;  // "ustar" in a POSIX tar header
+constexpr size_t kDetectBytes = 512;
+
+bool starts_with(std::span<const std::byte> b, const void* magic, size_t n) {
+  return b.size() >= n && std::memcmp(b.data(), magic, n) == 0;
+}
+
+Format detect_prefix(std::span<const std::byte> b) {
+  if (zip::looks_like_zip(b)) return Format::torch_zip;  // refined by the caller
+  if (starts_with(b, kLegacyMagic, sizeof kLegacyMagic)) return Format::torch_legacy;
+  if (b.size() >= kTarMagicOffset + 5 && std::memcmp(b.data() + kTarMagicOffset, "ustar", 5) == 0)
+    return Format::torch_tar;
+  if (b.size() >= 9 && static_cast<char>(b[8]) == '{') {
+    uint64_t n = 0;
+    std::memcpy(&n, b.data(), 8);  // little-endian hosts only (static_assert elsewhere)
+    if (n >= 2) return Format::safetensors;
+  }
+  return Format::unknown;
+}
+
+Format refine_zip(const std::shared_ptr<io::RandomAccessFile>& file) {
+  zip::ZipReader z(file);
+  auto info = formats::inspect_torch_zip(z);
+  return info.torchscript ? Format::torchscript : Format::torch_zip;
+}
+
+std::string hex_prefix(std::span<const std::byte> b) {
+  static const char* digits = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < std::min<size_t>(b.size(), 8); ++i) {
+    auto c = static_cast<unsigned char>(b[i]);
+    s += digits[c >> 4];
+    s += digits[c & 15];
+    s += ' ';
+  }
+  if (!s.empty()) s.pop_back();
+  return s;
+}
+
+}  // namespace
+
+namespace detail {
+
+Format detect(const std::shared_ptr<io::RandomAccessFile>& file) {
+  std::byte head[kDetectBytes];
+  size_t n = static_cast<size_t>(std::min<uint64_t>(file->size(), kDetectBytes));
+  file->read_at(0, {head, n});
+  Format f = detect_prefix({head, n});
+  if (f == Format::torch_zip) return refine_zip(file);
+  return f;
+}
+
+std::shared_ptr<io::RandomAccessFile> open_for_load(const std::string& path, bool mmap) {
+  return mmap ? io::map_file(path) : io::open_file(path);
+}
+
+Value load_file(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,
+                Format* format_out, pickle::Observer* observer) {
+  try {
+    Format f = detect(file);
+    if (format_out) *format_out = f;
+    switch (f) {
+      case Format::torch_zip:
+      case Format::torchscript: {
+        zip::ZipReader z(file);
+        return formats::load_torch_zip(z, options, observer);
+      }
+      case Format::torch_legacy:
+        throw UnsupportedError("the legacy (pre-1.6) torch format is not supported yet");
+      case Format::torch_tar:
+        throw UnsupportedError("the PyTorch 0.1.x tar format is not supported yet");
+      case Format::safetensors:
+        throw UnsupportedError("safetensors loading is not supported yet");
+      case Format::unknown: break;
+    }
+    std::byte head[8];
+    size_t n = static_cast<size_t>(std::min<uint64_t>(file->size(), 8));
+    file->read_at(0, {head, n});
+    throw FormatError(n == 0 ? std::string("file is empty; not a checkpoint")
+                             : "not a checkpoint format ckpt recognizes (first bytes: " +
+                                   hex_prefix({head, n}) + ")");
+  } catch (Error& e) {
+    e.add_context(ErrorContext{file->name(), "", std::nullopt});
+    throw;
+  }
+}
+
+}  // namespace detail
+
+Format detect_format(const std::string& path) { return detail::detect(io::open_file(path)); }
+
+Format detect_format(std::span<const std::byte> bytes) { return detail::detect(io::memory_file(bytes)); }
+
+Value load(const std::string& path, const LoadOptions& options) {
+  return detail::load_file(detail::open_for_load(path, options.mmap), options, nullptr, nullptr);
+}
+
+Value load(std::span<const std::byte> bytes, const LoadOptions& options) {
+  // The caller owns the buffer; with mmap the tensors view it directly.
+  return detail::load_file(io::memory_file(bytes), options, nullptr, nullptr);
+}
+
+// ---------------------------------------------------------------- state dicts
+
+namespace {
+
+std::string describe(const Value& v) {
+  if (!v.is_dict()) return "a " + std::string(v.kind_name());
+  const Dict& d = v.as_dict();
+  std::string keys;
+  size_t shown = 0;
+  for (const auto& [k, val] : d) {
+    if (shown == 8) {
+      keys += ", ...";
+      break;
+    }
+    if (shown++) keys += ", ";
+    keys += k.repr();
+  }
+  return "a dict with keys " + keys;
+}
+
+// Candidate keys that hold a state dict inside a checkpoint dict.
+std::string suggest_key(const Value& v) {
+  if (!v.is_dict()) return "";
+  for (const auto& [k, val] : v.as_dict()) {
+    if (!k.is_string() || !val.is_dict() || val.as_dict().empty()) continue;
+    bool all_tensors = true;
+    for (const auto& [k2, v2] : val.as_dict()) all_tensors = all_tensors && v2.is_tensor();
+    if (all_tensors) return k.as_string();
+  }
+  return "";
+}
+
+StateDict to_state_dict(const Value& root, const LoadOptions& options, const std::string& name) {
+  const Value& v = options.key.empty() ? root : lookup(root, options.key);
+  try {
+    return StateDict::from_value(v);
+  } catch (const TypeError& e) {
+    std::string where = options.key.empty() ? "the file" : "key '" + options.key + "'";
+    std::string msg = "expected a state dict (a dict of tensors) but " + where + " holds " + describe(v);
+    if (v.is_dict() && !v.as_dict().empty() && v.as_dict().begin()->second.is_tensor())
+      msg = std::string(e.message());
+    std::string key = suggest_key(v);
+    if (!key.empty())
+      msg += "; key '" + (options.key.empty() ? key : options.key + "/" + key) +
+             "' holds a state dict (LoadOptions::key / --key)";
+    throw TypeError(msg, ErrorContext{name, "", std::nullopt});
+  }
+}
+
+}  // namespace
+
+StateDict load_state_dict(const std::string& path, const LoadOptions& options) {
+  return to_state_dict(load(path, options), options, path);
+}
+
+StateDict load_state_dict(std::span<const std::byte> bytes, const LoadOptions& options) {
+  return to_state_dict(load(bytes, options), options, "<memory>");
+}
+
+const Value& lookup(const Value& root, std::string_view path) {
+  const Value* cur = &root;
+  std::string walked;
+  while (!path.empty()) {
+    size_t slash = path.find('/');
+    std::string_view part = path.substr(0, slash);
+    path = slash == std::string_view::npos ? std::string_view{} : path.substr(slash + 1);
+    if (part.empty()) continue;
+    int64_t index = 0;
+    auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), index);
+    bool is_index = ec == std::errc() && p == part.data() + part.size();
+    const Value* next = nullptr;
+    if (cur->is_dict()) {
+      next = cur->as_dict().find(Value(std::string(part)));
+      if (!next && is_index) next = cur->as_dict().find(Value(index));
+    } else if ((cur->is_list() || cur->is_tuple()) && is_index) {
+      const List& items = cur->items();
+      if (index >= 0 && static_cast<size_t>(index) < items.size()) next = &items[static_cast<size_t>(index)];
+    }
+    if (!next)
+      throw TypeError("no '" + std::string(part) + "' in " + (walked.empty() ? "the checkpoint" : "'" + walked + "'") +
+                      " (" + describe(*cur) + ")");
+    if (!walked.empty()) walked += "/";
+    walked += part;
+    cur = next;
+  }
+  return *cur;
+}
+
+}  // namespace ckpt

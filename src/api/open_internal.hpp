@@ -1,0 +1,19 @@
+// Private: the load pipeline shared by the public API and the CLI.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "ckpt/load.hpp"
+#include "io/file.hpp"
+#include "pickle/unpickler.hpp"
+
+namespace ckpt::detail {
+
+Format detect(const std::shared_ptr<io::RandomAccessFile>& file);
+std::shared_ptr<io::RandomAccessFile> open_for_load(const std::string& path, bool mmap);
+// Loads any supported format; reports the detected format and pickle events.
+Value load_file(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,
+                Format* format_out, pickle::Observer* observer);
+
+}  // namespace ckpt::detail

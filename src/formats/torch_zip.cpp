@@ -1,0 +1,189 @@
+#include "formats/torch_zip.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <unordered_map>
+
+#include "ckpt/error.hpp"
+#include "core/checked.hpp"
+
+namespace ckpt::formats {
+namespace {
+
+// The `version` record: torch writes 3; readers accept 1..0xA (kMaxSupportedFileFormatVersion).
+constexpr uint64_t kMinFileFormatVersion = 1;
+constexpr uint64_t kMaxFileFormatVersion = 0xA;
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+const zip::Entry* record(const zip::ZipReader& zip, const std::string& prefix, const char* name) {
+  return zip.find(prefix + "/" + name);
+}
+
+// Resolves torch's persistent ids ('storage', type, key, location, numel)
+// to storages read from `<prefix>/data/<key>`, once per key.
+class StorageLoader {
+ public:
+  StorageLoader(const zip::ZipReader& zip, const TorchZipInfo& info, const LoadOptions& options)
+      : zip_(zip), info_(info), options_(options) {}
+
+  Value operator()(const Value& pid, uint64_t offset) {
+    const std::string& file = zip_.file().name();
+    const std::string pkl = info_.prefix + "/data.pkl";
+    auto fail = [&](const std::string& msg) -> FormatError {
+      return FormatError(msg, ErrorContext{file, pkl, offset});
+    };
+    if (!pid.is_tuple()) throw fail("persistent id is a " + std::string(pid.kind_name()) + ", expected a tuple");
+    const List& t = pid.as_tuple();
+    if (t.empty() || !t[0].is_string() || t[0].as_string() != "storage")
+      throw fail("persistent id " + pid.repr() + " is not a storage reference");
+    if (t.size() != 5)
+      throw fail("storage persistent id has " + std::to_string(t.size()) + " fields, expected 5");
+    if (t[1].kind() != Value::Kind::Global)
+      throw fail("storage type in persistent id is a " + std::string(t[1].kind_name()));
+    const Global& type = t[1].as_global();
+    DType dtype;
+    if (type.name == "UntypedStorage") {
+      dtype = DType::uint8;
+    } else if (auto d = dtype_from_storage_name(type.name)) {
+      dtype = *d;
+    } else {
+      throw fail("unknown storage type '" + type.qualified() + "'");
+    }
+    if (!t[2].is_string()) throw fail("storage key is not a string");
+    if (!t[3].is_string()) throw fail("storage location is not a string");
+    if (!t[4].is_int() || t[4].as_int() < 0) throw fail("storage size is not a non-negative int");
+    const std::string& key = t[2].as_string();
+
+    auto it = cache_.find(key);
+    if (it != cache_.end()) {
+      if (it->second.dtype != dtype)
+        throw fail("storage '" + key + "' is referenced as " + std::string(name(it->second.dtype)) +
+                   " and as " + std::string(name(dtype)));
+      return Value(it->second);
+    }
+
+    const uint64_t numel = static_cast<uint64_t>(t[4].as_int());
+    const uint64_t nbytes = checked_mul_size(numel, itemsize(dtype), "storage size");
+    const std::string record_name = info_.prefix + "/data/" + key;
+    const zip::Entry* e = zip_.find(record_name);
+    if (e == nullptr) throw fail("storage record '" + record_name + "' is missing from the archive");
+    if (e->uncompressed_size != nbytes)
+      throw FormatError("storage record has " + std::to_string(e->uncompressed_size) +
+                            " bytes, but data.pkl declares " + std::to_string(numel) + " " +
+                            std::string(name(dtype)) + " elements (" + std::to_string(nbytes) +
+                            " bytes)",
+                        ErrorContext{file, record_name, std::nullopt});
+
+    StorageValue sv;
+    sv.dtype = dtype;
+    sv.device = options_.map_location.apply(t[3].as_string());
+    const bool swap = info_.byteorder == "big" && itemsize(dtype) > 1;
+    const bool aligned = e->data_offset % std::max<size_t>(itemsize(dtype), 1) == 0;
+    if (options_.mmap && !swap && e->method == 0 && aligned && zip_.file().memory() != nullptr) {
+      sv.storage = zip_.view(*e);
+    } else {
+      sv.storage = zip_.read(*e);
+      if (swap) {
+        size_t esize = itemsize(dtype);
+        if (info(dtype).is_complex) esize /= 2;  // real and imaginary parts swap separately
+        byteswap_elements(sv.storage.mutable_data(), sv.storage.nbytes(), esize);
+      }
+    }
+    cache_.emplace(key, sv);
+    return Value(std::move(sv));
+  }
+
+ private:
+  const zip::ZipReader& zip_;
+  const TorchZipInfo& info_;
+  const LoadOptions& options_;
+  std::unordered_map<std::string, StorageValue> cache_;
+};
+
+}  // namespace
+
+void byteswap_elements(std::byte* data, size_t nbytes, size_t element_size) {
+  if (element_size <= 1) return;
+  for (size_t i = 0; i + element_size <= nbytes; i += element_size)
+    std::reverse(data + i, data + i + element_size);
+}
+
+TorchZipInfo inspect_torch_zip(const zip::ZipReader& zip) {
+  const std::string& file = zip.file().name();
+  if (zip.entries().empty()) throw FormatError("zip archive is empty, not a torch checkpoint", {file});
+  TorchZipInfo info;
+  const std::string& first = zip.entries().front().name;
+  size_t slash = first.find('/');
+  if (slash == std::string::npos || slash == 0)
+    throw FormatError("zip entry '" + first + "' is not inside a folder; not a torch checkpoint",
+                      {file});
+  info.prefix = first.substr(0, slash);
+  info.torchscript = record(zip, info.prefix, "constants.pkl") != nullptr;
+
+  const zip::Entry* v = record(zip, info.prefix, ".data/version");
+  if (v == nullptr) v = record(zip, info.prefix, "version");
+  if (v != nullptr) {
+    if (v->uncompressed_size > 32)
+      throw FormatError("version record is " + std::to_string(v->uncompressed_size) + " bytes long",
+                        {file, v->name});
+    std::string s = trim(zip.read_string(*v));
+    uint64_t n = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    if (ec != std::errc() || p != s.data() + s.size() || s.empty())
+      throw FormatError("version record '" + s + "' is not a number", {file, v->name});
+    if (n < kMinFileFormatVersion || n > kMaxFileFormatVersion)
+      throw UnsupportedError("file format version " + std::to_string(n) +
+                                 " is outside the supported range 1..10",
+                             {file, v->name});
+    info.version = n;
+  }
+  info.byteorder = "little";
+  if (const zip::Entry* b = record(zip, info.prefix, "byteorder")) {
+    if (b->uncompressed_size > 16)
+      throw FormatError("byteorder record is too long", {file, b->name});
+    std::string s = trim(zip.read_string(*b));
+    if (s != "little" && s != "big")
+      throw FormatError("byteorder record says '" + s + "', expected 'little' or 'big'", {file, b->name});
+    info.byteorder = s;
+  }
+  return info;
+}
+
+Value load_torch_zip(const zip::ZipReader& zip, const LoadOptions& options, pickle::Observer* observer) {
+  TorchZipInfo info = inspect_torch_zip(zip);
+  const std::string& file = zip.file().name();
+  if (info.torchscript && options.weights_only)
+    throw UnsupportedError(
+        "this is a TorchScript archive (it has constants.pkl); load it as TorchScript", {file});
+  if (info.version == 0)
+    throw FormatError("archive has no 'version' record; not a torch checkpoint", {file, info.prefix});
+  const std::string pkl_name = info.prefix + "/data.pkl";
+  const zip::Entry* pkl = zip.find(pkl_name);
+  if (pkl == nullptr) throw FormatError("archive has no data.pkl record", {file, pkl_name});
+  Storage pkl_bytes = zip.read(*pkl);
+
+  StorageLoader loader(zip, info, options);
+  pickle::Options popts;
+  popts.policy = options.weights_only ? pickle::GlobalPolicy::weights_only : pickle::GlobalPolicy::inspect;
+  popts.persistent_load = [&loader](const Value& pid, uint64_t offset) { return loader(pid, offset); };
+  popts.observer = observer;
+  popts.file = file;
+  popts.record = pkl_name;
+  return pickle::unpickle(pkl_bytes.bytes(), popts);
+}
+
+void verify_torch_zip(const zip::ZipReader& zip) {
+  for (const auto& e : zip.entries()) zip.verify(e);
+  TorchZipInfo info = inspect_torch_zip(zip);
+  if (info.torchscript) return;  // TorchScript archives: CRCs only for now
+  LoadOptions options;
+  options.weights_only = false;  // structure check, not a safety check
+  options.mmap = zip.file().memory() != nullptr;
+  (void)load_torch_zip(zip, options);
+}
+
+}  // namespace ckpt::formats

@@ -1,0 +1,41 @@
+// Private: reading PyTorch's zip checkpoint format (torch.save, 1.6+).
+//
+// A torch zip archive holds `<prefix>/data.pkl` (the object pickle, protocol
+// 2 by default), `<prefix>/data/<key>` (one record per storage, raw bytes in
+// the byte order named by `<prefix>/byteorder`, little-endian when absent)
+// and `<prefix>/version`. The prefix is the folder of the first entry, never
+// assumed to be "archive". See docs/formats/torch_zip.md.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "ckpt/load.hpp"
+#include "container/zip.hpp"
+#include "pickle/unpickler.hpp"
+
+namespace ckpt::formats {
+
+struct TorchZipInfo {
+  std::string prefix;          // archive folder ("archive", "model", ...)
+  uint64_t version = 0;        // the `version` record (file format version)
+  std::string byteorder;       // "little" or "big"
+  bool torchscript = false;    // has constants.pkl (a TorchScript archive)
+};
+
+// Archive-level facts; throws FormatError when the archive has no folder.
+TorchZipInfo inspect_torch_zip(const zip::ZipReader& zip);
+
+// Loads the object tree. `observer` (may be null) sees every pickle event.
+Value load_torch_zip(const zip::ZipReader& zip, const LoadOptions& options,
+                     pickle::Observer* observer = nullptr);
+
+// Structure, bounds and CRC of every record; that data.pkl parses (in
+// inspection mode) and that every storage it references exists with the
+// right size. Throws FormatError naming the damaged record.
+void verify_torch_zip(const zip::ZipReader& zip);
+
+// Swaps the bytes of each element in place (big-endian files).
+void byteswap_elements(std::byte* data, size_t nbytes, size_t element_size);
+
+}  // namespace ckpt::formats

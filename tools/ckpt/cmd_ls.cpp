@@ -1,0 +1,83 @@
+// ckpt ls FILE [--json] [--digest] — list the tensors of a checkpoint.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "api/open_internal.hpp"
+#include "commands.hpp"
+#include "common.hpp"
+
+namespace ckpt::cli {
+namespace {
+
+struct LsArgs {
+  std::string file;
+  bool json = false;
+  bool digest = false;
+  bool objects = false;
+};
+
+int run_ls(const LsArgs& a) {
+  LoadOptions opts;
+  opts.mmap = true;  // listing needs no copy of the data
+  opts.weights_only = !a.objects;
+  Format format = Format::unknown;
+  Value root = detail::load_file(detail::open_for_load(a.file, true), opts, &format, nullptr);
+
+  std::vector<TensorRef> tensors;
+  walk_tensors(root, [&](const TensorRef& r) { tensors.push_back(r); });
+
+  if (a.json) {
+    nlohmann::ordered_json out;
+    out["format"] = std::string(format_name(format));
+    auto& list = out["tensors"] = nlohmann::ordered_json::array();
+    for (const auto& r : tensors) {
+      nlohmann::ordered_json t;
+      t["path"] = r.path;
+      t["dtype"] = std::string(name(r.tensor->dtype()));
+      t["shape"] = r.tensor->sizes();
+      t["device"] = r.tensor->device();
+      if (a.digest) t["sha256"] = sha256_hex(*r.tensor);
+      list.push_back(std::move(t));
+    }
+    std::printf("%s\n", out.dump(2).c_str());
+    return kExitOk;
+  }
+
+  size_t w_path = 4, w_dtype = 5, w_shape = 5;
+  std::vector<std::string> shapes;
+  for (const auto& r : tensors) {
+    shapes.push_back(format_shape(r.tensor->sizes()));
+    w_path = std::max(w_path, r.path.size());
+    w_dtype = std::max(w_dtype, name(r.tensor->dtype()).size());
+    w_shape = std::max(w_shape, shapes.back().size());
+  }
+  std::printf("%-*s  %-*s  %-*s  %10s  %s%s\n", static_cast<int>(w_path), "PATH", static_cast<int>(w_dtype),
+              "DTYPE", static_cast<int>(w_shape), "SHAPE", "SIZE", "DEVICE", a.digest ? "  SHA256" : "");
+  uint64_t total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const Tensor& t = *tensors[i].tensor;
+    total += t.nbytes();
+    std::printf("%-*s  %-*s  %-*s  %10s  %s%s%s\n", static_cast<int>(w_path), tensors[i].path.c_str(),
+                static_cast<int>(w_dtype), std::string(name(t.dtype())).c_str(), static_cast<int>(w_shape),
+                shapes[i].c_str(), human_bytes(t.nbytes()).c_str(), t.device().c_str(), a.digest ? "  " : "",
+                a.digest ? sha256_hex(t).c_str() : "");
+  }
+  std::printf("%s tensors, %s (%s bytes), format %s\n", thousands(tensors.size()).c_str(),
+              human_bytes(total).c_str(), thousands(total).c_str(), std::string(format_name(format)).c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_ls(CLI::App& app, int* exit_code) {
+  auto args = std::make_shared<LsArgs>();
+  CLI::App* cmd = app.add_subcommand("ls", "List the tensors of a checkpoint");
+  cmd->add_option("FILE", args->file, "Checkpoint file")->required();
+  cmd->add_flag("--json", args->json, "Machine-readable output");
+  cmd->add_flag("--digest", args->digest, "Add the sha256 of each tensor's row-major bytes");
+  cmd->add_flag("--objects", args->objects,
+                "Admit classes outside the weights-only allow-list as inert objects (nothing is executed)");
+  cmd->callback([args, exit_code] { *exit_code = run_ls(*args); });
+}
+
+}  // namespace ckpt::cli

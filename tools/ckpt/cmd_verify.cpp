@@ -1,0 +1,53 @@
+// ckpt verify FILE — check structure, bounds and CRCs.
+#include <cstdio>
+
+#include "api/open_internal.hpp"
+#include "ckpt/error.hpp"
+#include "commands.hpp"
+#include "common.hpp"
+#include "container/zip.hpp"
+#include "formats/torch_zip.hpp"
+
+namespace ckpt::cli {
+namespace {
+
+int run_verify(const std::string& path) {
+  auto file = detail::open_for_load(path, true);
+  Format format = detail::detect(file);
+  try {
+    switch (format) {
+      case Format::torch_zip:
+      case Format::torchscript: {
+        zip::ZipReader z(file);
+        formats::verify_torch_zip(z);
+        std::printf("%s: ok (%s, %zu records, CRCs match)\n", path.c_str(), std::string(format_name(format)).c_str(),
+                    z.entries().size());
+        return kExitOk;
+      }
+      default: {
+        LoadOptions opts;
+        opts.weights_only = false;
+        opts.mmap = true;
+        (void)detail::load_file(file, opts, nullptr, nullptr);
+        std::printf("%s: ok (%s)\n", path.c_str(), std::string(format_name(format)).c_str());
+        return kExitOk;
+      }
+    }
+  } catch (Error& e) {
+    e.add_context(ErrorContext{path, "", std::nullopt});
+    if (dynamic_cast<IoError*>(&e)) throw;
+    std::fprintf(stderr, "ckpt: error: damaged: %s\n", e.what());
+    return kExitNegative;
+  }
+}
+
+}  // namespace
+
+void register_verify(CLI::App& app, int* exit_code) {
+  auto path = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand("verify", "Check a checkpoint's structure, bounds and CRCs");
+  cmd->add_option("FILE", *path, "Checkpoint file")->required();
+  cmd->callback([path, exit_code] { *exit_code = run_verify(*path); });
+}
+
+}  // namespace ckpt::cli

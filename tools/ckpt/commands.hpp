@@ -1,0 +1,13 @@
+// The subcommands of the ckpt tool. Each registers itself on the app and
+// returns its exit code through the callback it installs.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace ckpt::cli {
+
+// Sets *exit_code when the subcommand runs.
+void register_ls(CLI::App& app, int* exit_code);
+void register_verify(CLI::App& app, int* exit_code);
+
+}  // namespace ckpt::cli
