@@ -1,0 +1,12 @@
+// ckpt/ckpt.hpp — everything in one include.
+#pragma once
+
+#include "ckpt/dtype.hpp"
+#include "ckpt/error.hpp"
+#include "ckpt/load.hpp"
+#include "ckpt/save.hpp"
+#include "ckpt/state_dict.hpp"
+#include "ckpt/storage.hpp"
+#include "ckpt/tensor.hpp"
+#include "ckpt/value.hpp"
+#include "ckpt/version.hpp"
