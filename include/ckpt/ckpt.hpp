@@ -3,6 +3,7 @@
 
 #include "ckpt/dtype.hpp"
 #include "ckpt/error.hpp"
+#include "ckpt/inspect.hpp"
 #include "ckpt/load.hpp"
 #include "ckpt/save.hpp"
 #include "ckpt/state_dict.hpp"

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/open_internal.hpp"
+#include "ckpt/inspect.hpp"
 #include "commands.hpp"
 #include "common.hpp"
 
@@ -24,7 +25,7 @@ int run_ls(const LsArgs& a) {
   Value root = detail::load_file(detail::open_for_load(a.file, true), opts, &format, nullptr);
 
   std::vector<TensorRef> tensors;
-  walk_tensors(root, [&](const TensorRef& r) { tensors.push_back(r); });
+  for_each_tensor(root, [&](const std::string& path, const Tensor& t) { tensors.push_back({path, &t}); });
 
   if (a.json) {
     nlohmann::ordered_json out;
@@ -36,7 +37,7 @@ int run_ls(const LsArgs& a) {
       t["dtype"] = std::string(name(r.tensor->dtype()));
       t["shape"] = r.tensor->sizes();
       t["device"] = r.tensor->device();
-      if (a.digest) t["sha256"] = sha256_hex(*r.tensor);
+      if (a.digest) t["sha256"] = tensor_sha256(*r.tensor);
       list.push_back(std::move(t));
     }
     std::printf("%s\n", out.dump(2).c_str());
@@ -60,7 +61,7 @@ int run_ls(const LsArgs& a) {
     std::printf("%-*s  %-*s  %-*s  %10s  %s%s%s\n", static_cast<int>(w_path), tensors[i].path.c_str(),
                 static_cast<int>(w_dtype), std::string(name(t.dtype())).c_str(), static_cast<int>(w_shape),
                 shapes[i].c_str(), human_bytes(t.nbytes()).c_str(), t.device().c_str(), a.digest ? "  " : "",
-                a.digest ? sha256_hex(t).c_str() : "");
+                a.digest ? tensor_sha256(t).c_str() : "");
   }
   std::printf("%s tensors, %s (%s bytes), format %s\n", thousands(tensors.size()).c_str(),
               human_bytes(total).c_str(), thousands(total).c_str(), std::string(format_name(format)).c_str());

@@ -22,15 +22,6 @@ struct TensorRef {
   const Tensor* tensor;
 };
 
-// Depth-first walk in the order the object tree holds things: dict
-// insertion order, list/tuple index order; inert objects through their
-// state. Keys: strings as-is, ints in decimal, others as Python repr.
-void walk_tensors(const Value& root, const std::function<void(const TensorRef&)>& fn);
-std::string key_to_path_part(const Value& key);
-
-// sha256 of a tensor's elements in row-major order (little-endian).
-std::string sha256_hex(const Tensor& t);
-
 // 1536 -> "1.5 KiB"
 std::string human_bytes(uint64_t n);
 // 1234567 -> "1,234,567"

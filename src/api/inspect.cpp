@@ -1,0 +1,80 @@
+#include "ckpt/inspect.hpp"
+
+#include <openssl/evp.h>
+
+#include <memory>
+#include <vector>
+
+#include "ckpt/error.hpp"
+
+namespace ckpt {
+
+std::string path_component(const Value& key) {
+  if (key.is_string()) return key.as_string();
+  if (key.is_int() || key.is_bool()) return std::to_string(key.as_int());
+  return key.repr();
+}
+
+void for_each_tensor(const Value& root,
+                     const std::function<void(const std::string& path, const Tensor& tensor)>& fn) {
+  // Iterative: the trees ckpt's loaders build are acyclic and depth-limited,
+  // but a caller's tree may be deep.
+  struct Frame {
+    const Value* value;
+    std::string path;
+  };
+  std::vector<Frame> stack{{&root, ""}};
+  std::vector<Frame> children;
+  auto join = [](const std::string& base, const std::string& part) {
+    return base.empty() ? part : base + "/" + part;
+  };
+  while (!stack.empty()) {
+    Frame f = std::move(stack.back());
+    stack.pop_back();
+    const Value& v = *f.value;
+    children.clear();
+    switch (v.kind()) {
+      case Value::Kind::Tensor:
+        fn(f.path, v.as_tensor());
+        break;
+      case Value::Kind::Dict:
+        for (const auto& [k, val] : v.as_dict()) children.push_back({&val, join(f.path, path_component(k))});
+        break;
+      case Value::Kind::List:
+      case Value::Kind::Tuple: {
+        const List& items = v.items();
+        for (size_t i = 0; i < items.size(); ++i) children.push_back({&items[i], join(f.path, std::to_string(i))});
+        break;
+      }
+      case Value::Kind::Object:
+        children.push_back({&v.as_object().state, f.path});
+        break;
+      default:
+        break;
+    }
+    for (auto it = children.rbegin(); it != children.rend(); ++it) stack.push_back(std::move(*it));
+  }
+}
+
+std::string tensor_sha256(const Tensor& t) {
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) throw Error("sha256: cannot initialise");
+  if (t.is_contiguous()) {
+    EVP_DigestUpdate(ctx.get(), t.data(), t.nbytes());
+  } else {
+    auto bytes = t.contiguous_bytes();
+    EVP_DigestUpdate(ctx.get(), bytes.data(), bytes.size());
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), md, &len);
+  static const char* digits = "0123456789abcdef";
+  std::string hex;
+  for (unsigned i = 0; i < len; ++i) {
+    hex += digits[md[i] >> 4];
+    hex += digits[md[i] & 15];
+  }
+  return hex;
+}
+
+}  // namespace ckpt
