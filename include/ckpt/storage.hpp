@@ -42,6 +42,11 @@ class Storage {
   static Storage external(std::byte* data, size_t nbytes, std::function<void()> release,
                           bool writable = true);
 
+  // A storage aliasing bytes [offset, offset + nbytes) of this one (legacy
+  // storage views). It keeps this storage alive and has its writability.
+  // Throws ckpt::Error when the range is outside.
+  Storage slice(size_t offset, size_t nbytes) const;
+
   explicit operator bool() const noexcept { return impl_ != nullptr; }
   size_t nbytes() const noexcept;
   const std::byte* data() const noexcept;

@@ -6,6 +6,7 @@
 #include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
+#include "formats/torch_legacy.hpp"
 #include "formats/torch_zip.hpp"
 
 namespace ckpt {
@@ -115,9 +116,9 @@ Value load_file(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOpt
         return formats::load_torch_zip(z, options, observer);
       }
       case Format::torch_legacy:
-        throw UnsupportedError("the legacy (pre-1.6) torch format is not supported yet");
+        return formats::load_torch_legacy(file, options, observer);
       case Format::torch_tar:
-        throw UnsupportedError("the PyTorch 0.1.x tar format is not supported yet");
+        return formats::load_torch_tar(file, options, observer);
       case Format::safetensors:
         throw UnsupportedError("safetensors loading is not supported yet");
       case Format::unknown: break;

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string>
 
 #include "ckpt/error.hpp"
 
@@ -19,8 +20,10 @@ struct Storage::Impl {
   Impl() = default;
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
+  bool owns_memory = false;               // owned: data came from aligned_alloc
+
   ~Impl() {
-    if (backing == Backing::owned) {
+    if (owns_memory) {
       std::free(data);
     } else if (backing == Backing::external && release) {
       release();
@@ -37,6 +40,7 @@ Storage Storage::allocate(size_t nbytes) {
   if (rounded == 0) rounded = kAlignment;
   impl->data = static_cast<std::byte*>(std::aligned_alloc(kAlignment, rounded));
   if (impl->data == nullptr) throw std::bad_alloc();
+  impl->owns_memory = true;
   impl->nbytes = nbytes;
   return Storage(std::move(impl));
 }
@@ -65,6 +69,19 @@ Storage Storage::external(std::byte* data, size_t nbytes, std::function<void()> 
   impl->backing = Backing::external;
   impl->writable = writable;
   impl->release = std::move(release);
+  return Storage(std::move(impl));
+}
+
+Storage Storage::slice(size_t offset, size_t nbytes) const {
+  if (!impl_ || offset > impl_->nbytes || nbytes > impl_->nbytes - offset)
+    throw Error("storage slice [" + std::to_string(offset) + ", +" + std::to_string(nbytes) +
+                ") is outside a storage of " + std::to_string(this->nbytes()) + " bytes");
+  auto impl = std::make_shared<Impl>();
+  impl->data = impl_->data + offset;
+  impl->nbytes = nbytes;
+  impl->backing = impl_->backing;
+  impl->writable = impl_->writable;
+  impl->keepalive = impl_;  // the parent stays alive; nothing is freed twice
   return Storage(std::move(impl));
 }
 

@@ -69,6 +69,64 @@ torch.save(checkpoint, buf)  # buffer save: archive prefix 'archive'
 with open(os.path.join(out, "checkpoint.pt"), "wb") as f:
     f.write(buf.getvalue())
 
+# The pre-1.6 format, as torch still writes it on request.
+torch.save(net.state_dict(), os.path.join(out, "net_state_dict_legacy.pt"), _use_new_zipfile_serialization=False)
+torch.save(views, os.path.join(out, "views_legacy.pt"), _use_new_zipfile_serialization=False)
+torch.save(checkpoint, os.path.join(out, "checkpoint_legacy.pt"), _use_new_zipfile_serialization=False)
+
+
+def save_tar(obj, path):
+    """The PyTorch 0.1.x tar layout (torch/serialization.py of that era): members
+    sys_info, pickle, tensors, storages; tensors and storages keyed by id()."""
+    import pickle
+    import struct
+    import tarfile
+
+    tensors, storages = {}, {}
+
+    class P(pickle.Pickler):
+        def persistent_id(self, o):
+            if isinstance(o, torch.Tensor):
+                tensors[id(o)] = o
+                return str(id(o))
+            return None
+
+    def member(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    main = io.BytesIO()
+    P(main, protocol=2).dump(obj)
+    tens = io.BytesIO()
+    pickle.dump(len(tensors), tens, protocol=2)
+    for key, t in tensors.items():
+        st = t.storage()
+        sid = st.data_ptr()
+        storages.setdefault(sid, st)
+        pickle.dump((key, sid, torch.Tensor), tens, protocol=2)
+        tens.write(struct.pack("<i", t.dim()) + b"\0" * 4)
+        tens.write(struct.pack(f"<{t.dim()}q", *t.shape))
+        tens.write(struct.pack(f"<{t.dim()}q", *t.stride()))
+        tens.write(struct.pack("<q", t.storage_offset()))
+    stor = io.BytesIO()
+    pickle.dump(len(storages), stor, protocol=2)
+    for key, st in storages.items():
+        cls = {torch.float32: torch.FloatStorage, torch.int64: torch.LongStorage}[st.dtype]
+        pickle.dump((key, "cpu", cls), stor, protocol=2)
+        raw = bytes(st.untyped()) if hasattr(st, "untyped") else bytes(st._untyped_storage)
+        stor.write(struct.pack("<q", st.size()) + raw)
+    pickle.dump([], stor, protocol=2)
+    with tarfile.open(path, "w:", format=tarfile.PAX_FORMAT) as tar:
+        member(tar, "sys_info", pickle.dumps({"protocol_version": 1000, "little_endian": True}, protocol=2))
+        member(tar, "pickle", main.getvalue())
+        member(tar, "tensors", tens.getvalue())
+        member(tar, "storages", stor.getvalue())
+
+
+if major == 1:  # one tar fixture is enough; torch 1.13 loads it
+    save_tar({"w": base, "wt": base.t(), "b": torch.arange(3, dtype=torch.int64), "n": 3}, os.path.join(out, "old_tar.pt"))
+
 
 def tensor_bytes(t):
     t = t.detach().contiguous().reshape(-1)
@@ -98,7 +156,7 @@ for name in sorted(os.listdir(out)):
     if not name.endswith(".pt"):
         continue
     try:
-        loaded = torch.load(os.path.join(out, name), weights_only=True)
+        loaded = torch.load(os.path.join(out, name), weights_only="tar" not in name)
     except Exception:  # torch 1.13's weights-only unpickler lacks BINFLOAT; the file is ours
         loaded = torch.load(os.path.join(out, name), weights_only=False)
     acc = []

@@ -54,7 +54,10 @@ TEST_P(TorchFixture, MatchesWhatTorchLoaded) {
     EXPECT_EQ(t.requires_grad(), e["requires_grad"].get<bool>());
     EXPECT_EQ(t.is_parameter(), e["is_parameter"].get<bool>());
     EXPECT_EQ(t.device(), "cpu");
-    EXPECT_EQ(t.storage().backing(), mmap ? Storage::Backing::mapped : Storage::Backing::owned);
+    // Zip records are aligned and mapped in place; legacy storages are read
+    // once into owned memory (they are referenced before their bytes appear).
+    bool zip = fx.name.find("legacy") == std::string::npos && fx.name.find("tar") == std::string::npos;
+    EXPECT_EQ(t.storage().backing(), mmap && zip ? Storage::Backing::mapped : Storage::Backing::owned);
     storage_of[path] = t.storage().id();
   }
   // Tensors that shared a storage in Python share one here, and no others do.
@@ -76,20 +79,24 @@ TEST_P(TorchFixture, MatchesWhatTorchLoaded) {
 std::vector<std::tuple<Fixture, bool>> all_fixtures() {
   std::vector<std::tuple<Fixture, bool>> out;
   for (const char* v : {"torch113", "torch2"})
-    for (const char* n : {"net_state_dict", "views", "checkpoint"})
+    for (const char* n : {"net_state_dict", "views", "checkpoint", "net_state_dict_legacy", "views_legacy",
+                          "checkpoint_legacy"})
       for (bool mmap : {false, true}) out.emplace_back(Fixture{v, n}, mmap);
+  for (bool mmap : {false, true}) out.emplace_back(Fixture{"torch113", "old_tar"}, mmap);
   return out;
 }
 
-INSTANTIATE_TEST_SUITE_P(RealTorchFiles, TorchFixture, ::testing::ValuesIn(all_fixtures()),
-                         [](const auto& info) {
-                           const auto& [fx, mmap] = info.param;
-                           return fx.version + "_" + fx.name + (mmap ? "_mmap" : "_copy");
-                         });
+std::string fixture_name(const ::testing::TestParamInfo<std::tuple<Fixture, bool>>& p) {
+  const Fixture& fx = std::get<0>(p.param);
+  return fx.version + "_" + fx.name + (std::get<1>(p.param) ? "_mmap" : "_copy");
+}
+
+INSTANTIATE_TEST_SUITE_P(RealTorchFiles, TorchFixture, ::testing::ValuesIn(all_fixtures()), fixture_name);
 
 TEST(Load, StateDictKeepsMetadataAndOrder) {
-  for (const char* v : {"torch113", "torch2"}) {
-    StateDict sd = load_state_dict(data_path(std::string("valid/") + v + "/net_state_dict.pt"));
+  for (const char* v : {"torch113/net_state_dict", "torch2/net_state_dict", "torch113/net_state_dict_legacy",
+                        "torch2/net_state_dict_legacy"}) {
+    StateDict sd = load_state_dict(data_path(std::string("valid/") + v + ".pt"));
     EXPECT_EQ(sd.keys().front(), "conv.weight");
     EXPECT_EQ(sd.at("bn.num_batches_tracked").dtype(), DType::int64);
     EXPECT_EQ(sd.at("bn.num_batches_tracked").dim(), 0);
@@ -101,8 +108,10 @@ TEST(Load, StateDictKeepsMetadataAndOrder) {
 }
 
 TEST(Load, CheckpointValuesAreExact) {
-  for (const char* v : {"torch113", "torch2"}) {
-    Value c = load(data_path(std::string("valid/") + v + "/checkpoint.pt"));
+  for (const char* v : {"torch113/checkpoint", "torch2/checkpoint", "torch113/checkpoint_legacy",
+                        "torch2/checkpoint_legacy"}) {
+    SCOPED_TRACE(v);
+    Value c = load(data_path(std::string("valid/") + v + ".pt"));
     const Dict& d = c.as_dict();
     EXPECT_FALSE(d.ordered);
     EXPECT_EQ(d.at(Value("epoch")).as_int(), 7);
@@ -142,6 +151,20 @@ TEST(Load, MapLocationRewritesDevices) {
   for_each_tensor(v, [](const std::string&, const Tensor& t) { EXPECT_EQ(t.device(), "cuda:1"); });
   opts.map_location = MapLocation([](const std::string& d) { return d + "!"; });
   for_each_tensor(load(path, opts), [](const std::string&, const Tensor& t) { EXPECT_EQ(t.device(), "cpu!"); });
+}
+
+TEST(Load, DetectsFormatsFromBytes) {
+  EXPECT_EQ(detect_format(data_path("valid/torch2/views.pt")), Format::torch_zip);
+  EXPECT_EQ(detect_format(data_path("valid/torch2/views_legacy.pt")), Format::torch_legacy);
+  EXPECT_EQ(detect_format(data_path("valid/torch113/old_tar.pt")), Format::torch_tar);
+}
+
+TEST(Load, LegacyTruncationIsAnErrorNeverACrash) {
+  std::string bytes = slurp(data_path("valid/torch2/views_legacy.pt"));
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    std::span<const std::byte> cut(reinterpret_cast<const std::byte*>(bytes.data()), n);
+    EXPECT_THROW(load(cut), Error) << "truncated at " << n;
+  }
 }
 
 TEST(Load, FromMemoryBuffer) {
