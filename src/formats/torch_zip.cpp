@@ -27,14 +27,18 @@ const zip::Entry* record(const zip::ZipReader& zip, const std::string& prefix, c
 // to storages read from `<prefix>/data/<key>`, once per key.
 class StorageLoader {
  public:
-  StorageLoader(const zip::ZipReader& zip, const TorchZipInfo& info, const LoadOptions& options)
-      : zip_(zip), info_(info), options_(options) {}
+  StorageLoader(const zip::ZipReader& zip, const TorchZipInfo& info, const LoadOptions& options,
+                std::string pickle_record, std::string storage_dir)
+      : zip_(zip),
+        info_(info),
+        options_(options),
+        pkl_(info.prefix + "/" + pickle_record),
+        dir_(info.prefix + "/" + storage_dir + "/") {}
 
   Value operator()(const Value& pid, uint64_t offset) {
     const std::string& file = zip_.file().name();
-    const std::string pkl = info_.prefix + "/data.pkl";
     auto fail = [&](const std::string& msg) -> FormatError {
-      return FormatError(msg, ErrorContext{file, pkl, offset});
+      return FormatError(msg, ErrorContext{file, pkl_, offset});
     };
     if (!pid.is_tuple()) throw fail("persistent id is a " + std::string(pid.kind_name()) + ", expected a tuple");
     const List& t = pid.as_tuple();
@@ -68,7 +72,7 @@ class StorageLoader {
 
     const uint64_t numel = static_cast<uint64_t>(t[4].as_int());
     const uint64_t nbytes = checked_mul_size(numel, itemsize(dtype), "storage size");
-    const std::string record_name = info_.prefix + "/data/" + key;
+    const std::string record_name = dir_ + key;
     const zip::Entry* e = zip_.find(record_name);
     if (e == nullptr) throw fail("storage record '" + record_name + "' is missing from the archive");
     if (e->uncompressed_size != nbytes)
@@ -101,6 +105,8 @@ class StorageLoader {
   const zip::ZipReader& zip_;
   const TorchZipInfo& info_;
   const LoadOptions& options_;
+  std::string pkl_;
+  std::string dir_;
   std::unordered_map<std::string, StorageValue> cache_;
 };
 
@@ -161,16 +167,24 @@ Value load_torch_zip(const zip::ZipReader& zip, const LoadOptions& options, pick
         "this is a TorchScript archive (it has constants.pkl); load it as TorchScript", {file});
   if (info.version == 0)
     throw FormatError("archive has no 'version' record; not a torch checkpoint", {file, info.prefix});
-  const std::string pkl_name = info.prefix + "/data.pkl";
+  return unpickle_record(zip, info, "data.pkl", "data", options, observer);
+}
+
+Value unpickle_record(const zip::ZipReader& zip, const TorchZipInfo& info, const std::string& pickle_record,
+                      const std::string& storage_dir, const LoadOptions& options, pickle::Observer* observer,
+                      std::function<bool(std::string_view, std::string_view)> accept_inert) {
+  const std::string& file = zip.file().name();
+  const std::string pkl_name = info.prefix + "/" + pickle_record;
   const zip::Entry* pkl = zip.find(pkl_name);
-  if (pkl == nullptr) throw FormatError("archive has no data.pkl record", {file, pkl_name});
+  if (pkl == nullptr) throw FormatError("archive has no " + pickle_record + " record", {file, pkl_name});
   Storage pkl_bytes = zip.read(*pkl);
 
-  StorageLoader loader(zip, info, options);
+  StorageLoader loader(zip, info, options, pickle_record, storage_dir);
   pickle::Options popts;
   popts.policy = options.weights_only ? pickle::GlobalPolicy::weights_only : pickle::GlobalPolicy::inspect;
   popts.persistent_load = [&loader](const Value& pid, uint64_t offset) { return loader(pid, offset); };
   popts.observer = observer;
+  popts.accept_inert = std::move(accept_inert);
   popts.file = file;
   popts.record = pkl_name;
   return pickle::unpickle(pkl_bytes.bytes(), popts);

@@ -7,6 +7,7 @@
 // assumed to be "archive". See docs/formats/torch_zip.md.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -25,6 +26,12 @@ struct TorchZipInfo {
 
 // Archive-level facts; throws FormatError when the archive has no folder.
 TorchZipInfo inspect_torch_zip(const zip::ZipReader& zip);
+
+// Unpickles `<prefix>/<pickle_record>` with storages resolved from
+// `<prefix>/<storage_dir>/<key>`; `accept_inert` is passed to the unpickler.
+Value unpickle_record(const zip::ZipReader& zip, const TorchZipInfo& info, const std::string& pickle_record,
+                      const std::string& storage_dir, const LoadOptions& options, pickle::Observer* observer,
+                      std::function<bool(std::string_view, std::string_view)> accept_inert = {});
 
 // Loads the object tree. `observer` (may be null) sees every pickle event.
 Value load_torch_zip(const zip::ZipReader& zip, const LoadOptions& options,

@@ -61,6 +61,11 @@ struct Options {
   // storages). When empty, a persistent id is a FormatError.
   std::function<Value(const Value& pid, uint64_t offset)> persistent_load;
   Observer* observer = nullptr;
+  // Format-specific classes (TorchScript's __torch__.* module classes and
+  // torch.jit._pickle helpers): globals for which this returns true become
+  // inert Globals (calls on them inert Objects) even under weights_only.
+  // Nothing is executed either way.
+  std::function<bool(std::string_view module, std::string_view name)> accept_inert;
   // Error context.
   std::string file;
   std::string record;
