@@ -126,8 +126,11 @@ void collect_state(const Value& module, const std::string& prefix, ClassSources&
   auto add = [&](const std::string& attr, bool is_param) {
     const Value* v = attrs.find(Value(attr));
     if (v == nullptr || !v->is_tensor()) return;
+    // As module.state_dict(): detached tensors, not Parameters.
     Tensor t = v->as_tensor();
-    t.set_is_parameter(is_param);
+    t.set_is_parameter(false);
+    t.set_requires_grad(false);
+    (void)is_param;
     out.set(prefix + attr, std::move(t));
   };
   if (cls.found) {

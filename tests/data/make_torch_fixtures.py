@@ -75,6 +75,23 @@ torch.save(views, os.path.join(out, "views_legacy.pt"), _use_new_zipfile_seriali
 torch.save(checkpoint, os.path.join(out, "checkpoint_legacy.pt"), _use_new_zipfile_serialization=False)
 
 
+class Scripted(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.bn = torch.nn.BatchNorm2d(2)
+        self.seq = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2, bias=False))
+        self.register_buffer("buf", torch.ones(2))
+        self.scale = 2.0
+
+    def forward(self, x):
+        return self.seq(x) * self.scale + self.buf.sum()
+
+
+# TorchScript: ckpt reads the state dict scripted.state_dict() gives.
+torch.jit.script(Scripted()).save(os.path.join(out, "scripted.pt"))
+
+
 def save_tar(obj, path):
     """The PyTorch 0.1.x tar layout (torch/serialization.py of that era): members
     sys_info, pickle, tensors, storages; tensors and storages keyed by id()."""
@@ -159,6 +176,8 @@ for name in sorted(os.listdir(out)):
         loaded = torch.load(os.path.join(out, name), weights_only="tar" not in name)
     except Exception:  # torch 1.13's weights-only unpickler lacks BINFLOAT; the file is ours
         loaded = torch.load(os.path.join(out, name), weights_only=False)
+    if isinstance(loaded, torch.jit.ScriptModule):
+        loaded = loaded.state_dict()
     acc = []
     walk(loaded, "", acc)
     groups = {}

@@ -80,7 +80,7 @@ std::vector<std::tuple<Fixture, bool>> all_fixtures() {
   std::vector<std::tuple<Fixture, bool>> out;
   for (const char* v : {"torch113", "torch2"})
     for (const char* n : {"net_state_dict", "views", "checkpoint", "net_state_dict_legacy", "views_legacy",
-                          "checkpoint_legacy"})
+                          "checkpoint_legacy", "scripted"})
       for (bool mmap : {false, true}) out.emplace_back(Fixture{v, n}, mmap);
   for (bool mmap : {false, true}) out.emplace_back(Fixture{"torch113", "old_tar"}, mmap);
   return out;
@@ -157,6 +157,7 @@ TEST(Load, DetectsFormatsFromBytes) {
   EXPECT_EQ(detect_format(data_path("valid/torch2/views.pt")), Format::torch_zip);
   EXPECT_EQ(detect_format(data_path("valid/torch2/views_legacy.pt")), Format::torch_legacy);
   EXPECT_EQ(detect_format(data_path("valid/torch113/old_tar.pt")), Format::torch_tar);
+  EXPECT_EQ(detect_format(data_path("valid/torch113/scripted.pt")), Format::torchscript);
 }
 
 TEST(Load, LegacyTruncationIsAnErrorNeverACrash) {
