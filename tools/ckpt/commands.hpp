@@ -9,5 +9,6 @@ namespace ckpt::cli {
 // Sets *exit_code when the subcommand runs.
 void register_ls(CLI::App& app, int* exit_code);
 void register_verify(CLI::App& app, int* exit_code);
+void register_convert(CLI::App& app, int* exit_code);
 
 }  // namespace ckpt::cli
