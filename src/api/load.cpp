@@ -6,8 +6,10 @@
 #include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
+#include "formats/safetensors.hpp"
 #include "formats/torch_legacy.hpp"
 #include "formats/torch_zip.hpp"
+#include "formats/torchscript.hpp"
 
 namespace ckpt {
 
@@ -110,17 +112,20 @@ Value load_file(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOpt
     Format f = detect(file);
     if (format_out) *format_out = f;
     switch (f) {
-      case Format::torch_zip:
-      case Format::torchscript: {
+      case Format::torch_zip: {
         zip::ZipReader z(file);
         return formats::load_torch_zip(z, options, observer);
+      }
+      case Format::torchscript: {
+        zip::ZipReader z(file);
+        return formats::load_torchscript(z, options, observer);
       }
       case Format::torch_legacy:
         return formats::load_torch_legacy(file, options, observer);
       case Format::torch_tar:
         return formats::load_torch_tar(file, options, observer);
       case Format::safetensors:
-        throw UnsupportedError("safetensors loading is not supported yet");
+        return formats::load_safetensors(file, options);
       case Format::unknown: break;
     }
     std::byte head[8];
