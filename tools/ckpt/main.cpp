@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   register_ls(app, &exit_code);
   register_verify(app, &exit_code);
   register_convert(app, &exit_code);
+  register_info(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
