@@ -1,8 +1,11 @@
 // ckpt ls FILE [--json] [--digest] — list the tensors of a checkpoint.
 #include <cstdio>
+#include <optional>
+#include <regex>
 #include <nlohmann/json.hpp>
 
 #include "api/open_internal.hpp"
+#include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
 #include "commands.hpp"
 #include "common.hpp"
@@ -15,7 +18,36 @@ struct LsArgs {
   bool json = false;
   bool digest = false;
   bool objects = false;
+  bool tree = false;
+  std::string filter;
 };
+
+// Prints paths as an indented tree of their '/' and '.' components.
+void print_tree(const std::vector<TensorRef>& tensors) {
+  std::vector<std::string> open;  // components of the previous path
+  for (const auto& r : tensors) {
+    std::vector<std::string> parts;
+    std::string cur;
+    for (char c : r.path) {
+      if (c == '/' || c == '.') {
+        parts.push_back(cur);
+        cur.clear();
+      } else {
+        cur += c;
+      }
+    }
+    parts.push_back(cur);
+    size_t common = 0;
+    while (common + 1 < parts.size() && common < open.size() && open[common] == parts[common]) ++common;
+    for (size_t i = common; i + 1 < parts.size(); ++i)
+      std::printf("%*s%s/\n", static_cast<int>(2 * i), "", parts[i].c_str());
+    const Tensor& t = *r.tensor;
+    std::printf("%*s%s  %s %s  %s\n", static_cast<int>(2 * (parts.size() - 1)), "", parts.back().c_str(),
+                std::string(name(t.dtype())).c_str(), format_shape(t.sizes()).c_str(), human_bytes(t.nbytes()).c_str());
+    parts.pop_back();
+    open = std::move(parts);
+  }
+}
 
 int run_ls(const LsArgs& a) {
   LoadOptions opts;
@@ -25,7 +57,21 @@ int run_ls(const LsArgs& a) {
   Value root = detail::load_file(detail::open_for_load(a.file, true), opts, &format, nullptr);
 
   std::vector<TensorRef> tensors;
-  for_each_tensor(root, [&](const std::string& path, const Tensor& t) { tensors.push_back({path, &t}); });
+  std::optional<std::regex> filter;
+  if (!a.filter.empty()) {
+    try {
+      filter.emplace(a.filter, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw Error("--filter: invalid regular expression '" + a.filter + "': " + e.what());
+    }
+  }
+  for_each_tensor(root, [&](const std::string& path, const Tensor& t) {
+    if (!filter || std::regex_search(path, *filter)) tensors.push_back({path, &t});
+  });
+  if (a.tree && !a.json) {
+    print_tree(tensors);
+    return kExitOk;
+  }
 
   if (a.json) {
     nlohmann::ordered_json out;
@@ -76,6 +122,8 @@ void register_ls(CLI::App& app, int* exit_code) {
   cmd->add_option("FILE", args->file, "Checkpoint file")->required();
   cmd->add_flag("--json", args->json, "Machine-readable output");
   cmd->add_flag("--digest", args->digest, "Add the sha256 of each tensor's row-major bytes");
+  cmd->add_flag("--tree", args->tree, "Show the tensors as a tree of their path components");
+  cmd->add_option("--filter", args->filter, "Only tensors whose path matches this regular expression");
   cmd->add_flag("--objects", args->objects,
                 "Admit classes outside the weights-only allow-list as inert objects (nothing is executed)");
   cmd->callback([args, exit_code] { *exit_code = run_ls(*args); });
