@@ -138,7 +138,7 @@ TEST(Load, StateDictErrorSaysWhatTheFileHolds) {
   }
   LoadOptions opts;
   opts.key = "model";
-  EXPECT_EQ(load_state_dict(path, opts).size(), 10u);
+  EXPECT_EQ(load_state_dict(path, opts).size(), 11u);
   opts.key = "nope";
   EXPECT_THROW(load_state_dict(path, opts), TypeError);
 }
@@ -171,7 +171,7 @@ TEST(Load, LegacyTruncationIsAnErrorNeverACrash) {
 TEST(Load, FromMemoryBuffer) {
   std::string bytes = slurp(data_path("valid/torch113/net_state_dict.pt"));
   StateDict sd = load_state_dict(std::as_bytes(std::span<const char>(bytes)));
-  EXPECT_EQ(sd.size(), 10u);
+  EXPECT_EQ(sd.size(), 11u);
   EXPECT_EQ(detect_format(std::as_bytes(std::span<const char>(bytes))), Format::torch_zip);
 }
 
