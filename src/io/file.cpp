@@ -225,12 +225,12 @@ std::unique_ptr<WritableFile> string_writer(std::string& out) {
 }
 
 void write_atomically(Env& env, const std::string& path,
-                      const std::function<void(WritableFile&)>& body) {
+                      const std::function<void(WritableFile&)>& body, bool sync) {
   const std::string tmp = temp_name_for(path);
   std::unique_ptr<WritableFile> file = env.new_writable_file(tmp);
   try {
     body(*file);
-    file->sync();
+    if (sync) file->sync();
     file->close();
     file.reset();
     env.rename_file(tmp, path);
@@ -239,6 +239,7 @@ void write_atomically(Env& env, const std::string& path,
     env.remove_file(tmp);
     throw;
   }
+  if (!sync) return;
   std::filesystem::path dir = std::filesystem::path(path).parent_path();
   env.sync_dir(dir.empty() ? "." : dir.string());
 }

@@ -68,8 +68,9 @@ class Env {
 // directory fsynced. On any failure (an exception from `body` or from the
 // file system) the temporary is removed, `path` keeps its previous content
 // and the exception propagates.
+// `sync` = false skips the fsyncs (scratch files only).
 void write_atomically(Env& env, const std::string& path,
-                      const std::function<void(WritableFile&)>& body);
+                      const std::function<void(WritableFile&)>& body, bool sync = true);
 
 // A WritableFile that appends into a std::string (saving to memory).
 std::unique_ptr<WritableFile> string_writer(std::string& out);

@@ -1,0 +1,42 @@
+#include "ckpt/save.hpp"
+
+#include "api/save_internal.hpp"
+#include "ckpt/error.hpp"
+#include "formats/torch_zip_writer.hpp"
+
+namespace ckpt {
+
+namespace detail {
+
+void save(io::Env& env, const std::string& path, const Value& value, const SaveOptions& options,
+          uint64_t zip64_threshold) {
+  const std::string prefix = options.archive_name.empty() ? formats::archive_name_for(path) : options.archive_name;
+  try {
+    io::write_atomically(
+        env, path,
+        [&](io::WritableFile& f) { formats::write_torch_zip(f, value, prefix, options, zip64_threshold); },
+        options.fsync);
+  } catch (Error& e) {
+    e.add_context(ErrorContext{path});
+    throw;
+  }
+}
+
+}  // namespace detail
+
+void save(const std::string& path, const Value& value, const SaveOptions& options) {
+  detail::save(io::Env::posix(), path, value, options);
+}
+
+void save_state_dict(const std::string& path, const StateDict& state_dict, const SaveOptions& options) {
+  save(path, state_dict.to_value(), options);
+}
+
+std::string save_to_buffer(const Value& value, const SaveOptions& options) {
+  std::string out;
+  auto w = io::string_writer(out);
+  formats::write_torch_zip(*w, value, options.archive_name.empty() ? "archive" : options.archive_name, options);
+  return out;
+}
+
+}  // namespace ckpt
