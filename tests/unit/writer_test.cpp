@@ -1,0 +1,222 @@
+// Writing torch zip checkpoints: structure, determinism, faults, ZIP64, and
+// (when the interpreters are given) torch itself reading what ckpt wrote.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "api/save_internal.hpp"
+#include "ckpt/ckpt.hpp"
+#include "container/zip.hpp"
+#include "io/fault_env.hpp"
+
+using namespace ckpt;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::span<const std::byte> bytes_of(const std::string& s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("ckpt-writer-" + std::to_string(::getpid()) + "-" +
+                                        std::to_string(reinterpret_cast<uintptr_t>(this)));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+};
+
+Tensor iota(DType dtype, std::vector<int64_t> sizes) {
+  Tensor t = Tensor::empty(dtype, std::move(sizes));
+  std::byte* p = t.mutable_data();
+  for (size_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<std::byte>(i * 7 + 3);
+  return t;
+}
+
+// A tree with every kind ckpt writes.
+Value sample() {
+  Tensor base = iota(DType::float32, {4, 6});
+  Value v = Value::dict();
+  Dict& d = v.as_dict();
+  d.set(Value("base"), Value(base));
+  d.set(Value("transposed"), Value(Tensor(base.storage(), DType::float32, {6, 4}, {1, 6}, 0)));
+  d.set(Value("offset"), Value(Tensor(base.storage(), DType::float32, {5}, {1}, 7)));
+  d.set(Value("scalar"), Value(iota(DType::float64, {})));
+  d.set(Value("empty"), Value(Tensor::empty(DType::int16, {0, 3})));
+  d.set(Value("u16"), Value(iota(DType::uint16, {3})));
+  d.set(Value("f8"), Value(iota(DType::float8_e4m3fn, {2, 2})));
+  Tensor p = iota(DType::bfloat16, {2});
+  p.set_is_parameter(true);
+  p.set_requires_grad(true);
+  d.set(Value("param"), Value(p));
+  d.set(Value("epoch"), Value(7));
+  d.set(Value("big"), Value(int64_t{1} << 40));
+  d.set(Value("neg"), Value(-5));
+  d.set(Value("lr"), Value(0.001));
+  d.set(Value("name"), Value("run-\xc3\xa9"));
+  d.set(Value("blob"), Value::bytes(std::string("\x00\xff\x80" "a", 4)));
+  d.set(Value("empty_blob"), Value::bytes(""));
+  d.set(Value("flags"), Value::tuple({Value(true), Value(false), Value()}));
+  d.set(Value("list"), Value::list({Value(1), Value(2.5), Value("x")}));
+  Value nested = Value::dict();
+  nested.as_dict().set(Value(1), Value("one"));
+  nested.as_dict().set(Value::tuple({Value(2), Value(3)}), Value("pair"));
+  d.set(Value("nested"), nested);
+  d.set(Value("dtype"), Value(DType::bfloat16));
+  d.set(Value("size"), Value(Size{{2, 3}}));
+  d.set(Value("device"), Value(Device{"cuda:1"}));
+  d.set(Value("set"), Value::set({Value(1)}));
+  d.set(Value("complex"), Value(std::complex<double>(1.0, -2.0)));
+  return v;
+}
+
+TEST(Writer, RoundTripsEveryKind) {
+  Value v = sample();
+  std::string buf = save_to_buffer(v);
+  Value back = load(bytes_of(buf));
+  EXPECT_EQ(back, v) << back.repr();
+  // Views of one storage come back sharing one storage.
+  const Dict& d = back.as_dict();
+  EXPECT_EQ(d.at(Value("base")).as_tensor().storage(), d.at(Value("transposed")).as_tensor().storage());
+  EXPECT_EQ(d.at(Value("offset")).as_tensor().storage_offset(), 7);
+  EXPECT_TRUE(d.at(Value("param")).as_tensor().is_parameter());
+}
+
+TEST(Writer, RecordsAreAlignedAndCrcChecked) {
+  std::string buf = save_to_buffer(sample());
+  zip::ZipReader z(io::memory_file(bytes_of(buf)));
+  std::vector<std::string> names;
+  for (const auto& e : z.entries()) {
+    names.push_back(e.name);
+    EXPECT_EQ(e.data_offset % 64, 0u) << e.name;
+    EXPECT_NO_THROW(z.verify(e, /*strict=*/true)) << e.name;
+  }
+  ASSERT_GE(names.size(), 7u);
+  EXPECT_EQ(names[0], "archive/data.pkl");
+  EXPECT_EQ(names[1], "archive/.format_version");
+  EXPECT_EQ(names[2], "archive/.storage_alignment");
+  EXPECT_EQ(names[3], "archive/byteorder");
+  EXPECT_EQ(names[4], "archive/data/0");
+  EXPECT_EQ(names[names.size() - 2], "archive/version");
+  EXPECT_EQ(names.back(), "archive/.data/serialization_id");
+  EXPECT_EQ(z.read_string(*z.find("archive/version")), "3\n");
+}
+
+TEST(Writer, OutputIsDeterministic) { EXPECT_EQ(save_to_buffer(sample()), save_to_buffer(sample())); }
+
+TEST(Writer, ArchiveNameFollowsTheFileName) {
+  TempDir dir;
+  save(dir / "model.v2.pt", sample());
+  zip::ZipReader z(io::open_file(dir / "model.v2.pt"));
+  EXPECT_EQ(z.entries().front().name, "model.v2/data.pkl");
+}
+
+TEST(Writer, RefusesWhatTorchCannotLoad) {
+  Value v = Value::dict();
+  v.as_dict().set(Value("x"), Value(Global{"os", "system"}));
+  EXPECT_THROW(save_to_buffer(v), Error);
+  // One storage viewed as two dtypes.
+  Tensor a = iota(DType::float32, {4});
+  Value w = Value::list({Value(a), Value(Tensor(a.storage(), DType::int32, {4}, {1}, 0))});
+  EXPECT_THROW(save_to_buffer(w), Error);
+}
+
+TEST(Writer, Zip64ForcedByALowThresholdStillLoads) {
+  TempDir dir;
+  io::Env& env = io::Env::posix();
+  detail::save(env, dir / "z64.pt", sample(), SaveOptions{}, /*zip64_threshold=*/16);
+  Value back = load(dir / "z64.pt");
+  EXPECT_EQ(back, sample());
+  zip::ZipReader z(io::open_file(dir / "z64.pt"));
+  for (const auto& e : z.entries()) EXPECT_NO_THROW(z.verify(e, true));
+}
+
+TEST(Writer, FaultAtEveryCallKeepsThePreviousFile) {
+  TempDir dir;
+  const std::string path = dir / "ckpt.pt";
+  Value old_value = Value::dict();
+  old_value.as_dict().set(Value("old"), Value(iota(DType::int64, {3})));
+  save(path, old_value);
+  const std::string old_bytes = slurp(path);
+
+  // Count the calls of a successful save, then fail each one in turn.
+  io::FaultInjectionEnv counter(io::Env::posix());
+  detail::save(counter, dir / "probe.pt", sample(), SaveOptions{});
+  fs::remove(dir / "probe.pt");
+  const int64_t total = counter.calls();
+  ASSERT_GT(total, 5);
+  for (int err : {ENOSPC, EIO}) {
+    for (int64_t n = 0; n < total; ++n) {
+      for (bool short_write : {false, true}) {
+        SCOPED_TRACE("errno " + std::to_string(err) + " at call " + std::to_string(n));
+        io::FaultInjectionEnv env(io::Env::posix());
+        env.fail_at = n;
+        env.error = err;
+        env.short_write = short_write;
+        bool threw = false;
+        try {
+          detail::save(env, path, sample(), SaveOptions{});
+        } catch (const IoError& e) {
+          threw = true;
+          EXPECT_EQ(e.code(), err);
+          EXPECT_NE(std::string(e.what()).find("injected"), std::string::npos);
+        }
+        EXPECT_TRUE(threw);
+        if (n + 1 < total) {
+          EXPECT_TRUE(slurp(path) == old_bytes);  // the previous file, byte for byte
+          EXPECT_EQ(load(path), old_value);
+        } else {
+          // The last call is the directory fsync after the rename: the new file
+          // is complete and in place, but its durability is not confirmed, so
+          // the save still reports the error.
+          EXPECT_EQ(load(path), sample());
+          save(path, old_value);
+        }
+        EXPECT_EQ(dir.names(), (std::vector<std::string>{"ckpt.pt"}));  // no temporary left behind
+      }
+    }
+  }
+}
+
+// torch itself reads what ckpt wrote: CKPT_PYTHON_TORCH2 / CKPT_PYTHON_TORCH113
+// name interpreters (set by ctest; see tests/CMakeLists.txt).
+void check_with_python(const char* env_var) {
+  const char* py = std::getenv(env_var);
+  if (py == nullptr || *py == '\0') GTEST_SKIP() << env_var << " is not set";
+  TempDir dir;
+  Value v = sample();
+  // torch 1.13 has no uint16 / float8 dtypes.
+  bool old = std::string(env_var).find("113") != std::string::npos;
+  if (old) {
+    v.as_dict().erase(Value("u16"));
+    v.as_dict().erase(Value("f8"));
+  }
+  save(dir / "ours.pt", v);
+  std::string script = std::string(CKPT_SOURCE_DIR) + "/tests/interop/check_saved.py";
+  std::string cmd = std::string(py) + " " + script + " " + (dir / "ours.pt") + (old ? " --torch113" : "");
+  int rc = std::system(cmd.c_str());
+  EXPECT_EQ(rc, 0) << cmd;
+}
+
+TEST(WriterInterop, Torch2LoadsWeightsOnlyAndMmap) { check_with_python("CKPT_PYTHON_TORCH2"); }
+TEST(WriterInterop, Torch113Loads) { check_with_python("CKPT_PYTHON_TORCH113"); }
+
+}  // namespace
