@@ -9,6 +9,10 @@
 
 namespace ckpt {
 
+namespace {
+constexpr size_t kMaxWalkVisits = size_t{20} << 20;  // 20M nodes: far above real checkpoints (~1M tensors)
+}  // namespace
+
 std::string path_component(const Value& key) {
   if (key.is_string()) return key.as_string();
   if (key.is_int() || key.is_bool()) return std::to_string(key.as_int());
@@ -25,12 +29,19 @@ void for_each_tensor(const Value& root,
   };
   std::vector<Frame> stack{{&root, ""}};
   std::vector<Frame> children;
+  // Shared containers are walked once per path that reaches them; a pickle
+  // can make that number explode (a list holding one list twice, 40 deep:
+  // 2^40 paths), so the walk is bounded.
+  size_t visits = 0;
   auto join = [](const std::string& base, const std::string& part) {
     return base.empty() ? part : base + "/" + part;
   };
   while (!stack.empty()) {
     Frame f = std::move(stack.back());
     stack.pop_back();
+    if (++visits > kMaxWalkVisits)
+      throw LimitError("the object tree reaches shared containers through more than " +
+                       std::to_string(kMaxWalkVisits) + " paths; refusing to walk it");
     const Value& v = *f.value;
     children.clear();
     switch (v.kind()) {

@@ -13,8 +13,9 @@ namespace {
 
 int run_verify(const std::string& path) {
   auto file = detail::open_for_load(path, true);
-  Format format = detail::detect(file);
+  Format format = Format::unknown;
   try {
+    format = detail::detect(file);
     switch (format) {
       case Format::torch_zip:
       case Format::torchscript: {
@@ -35,7 +36,13 @@ int run_verify(const std::string& path) {
     }
   } catch (Error& e) {
     e.add_context(ErrorContext{path, "", std::nullopt});
+    // Unreadable, or not a checkpoint at all: an error (2), not damage (1).
     if (dynamic_cast<IoError*>(&e)) throw;
+    if (format == Format::unknown) {
+      std::byte head[4] = {};
+      if (file->size() >= 4) file->read_at(0, head);
+      if (!zip::looks_like_zip(head)) throw;  // a zip whose structure is damaged is damage
+    }
     std::fprintf(stderr, "ckpt: error: damaged: %s\n", e.what());
     return kExitNegative;
   }
