@@ -29,6 +29,8 @@ struct Fixture {
   std::string name;     // net_state_dict / views / checkpoint
 };
 
+void PrintTo(const Fixture& f, std::ostream* os) { *os << f.version << "/" << f.name; }
+
 class TorchFixture : public ::testing::TestWithParam<std::tuple<Fixture, bool>> {};
 
 TEST_P(TorchFixture, MatchesWhatTorchLoaded) {
