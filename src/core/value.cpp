@@ -37,7 +37,7 @@ std::string BigInt::to_string() const {
     digits.push_back(static_cast<char>('0' + rem));
     while (!mag.empty() && mag.back() == 0) mag.pop_back();
   }
-  if (digits.empty()) digits = "0";
+  if (digits.empty()) digits.push_back('0');
   if (negative) digits.push_back('-');
   return {digits.rbegin(), digits.rend()};
 }
@@ -287,8 +287,11 @@ void repr_into(const Value& v, std::string& out, int depth) {
     case K::Float: out += format_double(v.as_float()); break;
     case K::Complex: {
       auto c = v.as_complex();
-      out += "(" + format_double(c.real()) + (c.imag() < 0 ? "-" : "+") +
-             format_double(std::abs(c.imag())) + "j)";
+      out += '(';
+      out += format_double(c.real());
+      out += c.imag() < 0 ? '-' : '+';
+      out += format_double(std::abs(c.imag()));
+      out += "j)";
       break;
     }
     case K::String: out += quote(v.as_string()); break;
