@@ -99,6 +99,9 @@ class Value {
 
   // Factories for kinds that share a C++ type with another kind.
   static Value bytes(std::string b);
+  // A Python bytearray: bytes that remember they were mutable in Python
+  // (is_bytes() is true; is_bytearray() tells them apart).
+  static Value bytearray(std::string b);
   static Value list(List items = {});
   static Value tuple(List items = {});
   static Value set(List items = {});
@@ -115,6 +118,7 @@ class Value {
   bool is_float() const noexcept { return kind() == Kind::Float; }
   bool is_string() const noexcept { return kind() == Kind::String; }
   bool is_bytes() const noexcept { return kind() == Kind::Bytes; }
+  bool is_bytearray() const noexcept;
   bool is_list() const noexcept { return kind() == Kind::List; }
   bool is_tuple() const noexcept { return kind() == Kind::Tuple; }
   bool is_dict() const noexcept { return kind() == Kind::Dict; }
@@ -170,6 +174,7 @@ class Value {
   };
   struct BytesBox {
     std::string data;
+    bool bytearray = false;
   };
   using Variant =
       std::variant<std::monostate, bool, int64_t, ckpt::BigInt, double, std::complex<double>,

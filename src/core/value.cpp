@@ -49,8 +49,19 @@ Value::Value(std::shared_ptr<Object> o) : v_(std::move(o)) {}
 
 Value Value::bytes(std::string b) {
   Value v;
-  v.v_ = BytesBox{std::move(b)};
+  v.v_ = BytesBox{std::move(b), false};
   return v;
+}
+
+Value Value::bytearray(std::string b) {
+  Value v;
+  v.v_ = BytesBox{std::move(b), true};
+  return v;
+}
+
+bool Value::is_bytearray() const noexcept {
+  auto* b = std::get_if<BytesBox>(&v_);
+  return b && b->bytearray;
 }
 
 Value Value::list(List items) { return make_sequence(Kind::List, std::move(items)); }
@@ -295,7 +306,11 @@ void repr_into(const Value& v, std::string& out, int depth) {
       break;
     }
     case K::String: out += quote(v.as_string()); break;
-    case K::Bytes: out += quote(v.as_bytes(), 'b'); break;
+    case K::Bytes:
+      if (v.is_bytearray()) out += "bytearray(";
+      out += quote(v.as_bytes(), 'b');
+      if (v.is_bytearray()) out += ")";
+      break;
     case K::List:
       out += "[";
       repr_items(v.as_list(), out, depth);
@@ -400,7 +415,7 @@ bool equal(const Value& a, const Value& b, int depth) {
     case K::BigInt: return a.as_bigint() == b.as_bigint();
     case K::Complex: return a.as_complex() == b.as_complex();
     case K::String: return a.as_string() == b.as_string();
-    case K::Bytes: return a.as_bytes() == b.as_bytes();
+    case K::Bytes: return a.as_bytes() == b.as_bytes() && a.is_bytearray() == b.is_bytearray();
     case K::List:
     case K::Tuple:
     case K::Set: {

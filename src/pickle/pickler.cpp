@@ -244,6 +244,16 @@ struct TorchPickler::Impl {
       case Value::Kind::Float: save_float(v.as_float()); return;
       case Value::Kind::String: save_str(v.as_string()); return;
       case Value::Kind::Bytes: {
+        // bytearray(b) pickles as bytearray(<the bytes below>), bytearray() as bytearray().
+        const bool array = v.is_bytearray();
+        if (array) {
+          save_global("__builtin__", "bytearray");
+          if (v.as_bytes().empty()) {
+            op(')');
+            reduce();
+            return;
+          }
+        }
         // Protocol 2 has no bytes opcode: _codecs.encode(latin-1 text, 'latin1').
         // (CPython writes b'' as builtins.bytes(), which torch's weights-only
         // loader refuses; the encode form loads everywhere.)
@@ -265,6 +275,10 @@ struct TorchPickler::Impl {
         save_str("latin1");
         close_tuple(2);
         reduce();
+        if (array) {
+          close_tuple(1);
+          reduce();
+        }
         return;
       }
       case Value::Kind::Complex: {

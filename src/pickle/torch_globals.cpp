@@ -176,9 +176,9 @@ Value builtins_set(const List& a, const Limits&) {
 
 Value builtins_bytearray(const List& a, const Limits&) {
   expect_arity("bytearray", a, 0, 3);
-  if (a.empty()) return Value::bytes("");
-  if (a[0].is_bytes()) return a[0];
-  if (a[0].is_string() && a.size() >= 2) return codecs_encode({a[0], a[1]}, Limits{});
+  if (a.empty()) return Value::bytearray("");
+  if (a[0].is_bytes()) return Value::bytearray(a[0].as_bytes());
+  if (a[0].is_string() && a.size() >= 2) return Value::bytearray(codecs_encode({a[0], a[1]}, Limits{}).as_bytes());
   bad_args("bytearray", "unsupported arguments");
 }
 

@@ -541,8 +541,8 @@ class Machine {
         case BINUNICODE8: push(unicode(take(uint_le(8), "BINUNICODE8"))); break;
         case BINBYTES: push(Value::bytes(std::string(take(uint_le(4), "BINBYTES")))); break;
         case SHORT_BINBYTES: push(Value::bytes(std::string(take(u8(), "SHORT_BINBYTES")))); break;
-        case BINBYTES8:
-        case BYTEARRAY8: push(Value::bytes(std::string(take(uint_le(8), "BINBYTES8")))); break;
+        case BINBYTES8: push(Value::bytes(std::string(take(uint_le(8), "BINBYTES8")))); break;
+        case BYTEARRAY8: push(Value::bytearray(std::string(take(uint_le(8), "BYTEARRAY8")))); break;
         case NEXT_BUFFER:
         case READONLY_BUFFER:
           throw UnsupportedError("out-of-band pickle buffers (protocol 5) are not supported",
