@@ -5,6 +5,7 @@
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
 #include "ckpt/load.hpp"
+#include "ckpt/manager.hpp"
 #include "ckpt/safetensors.hpp"
 #include "ckpt/save.hpp"
 #include "ckpt/state_dict.hpp"

@@ -26,7 +26,7 @@
 // resume() belong to the caller.
 //
 // Threads and processes: every method is safe to call from several threads
-// (calls are serialised; saves run one at a time). One process at a time may
+// (saves run one at a time, in the order they are made). One process at a time may
 // open a directory for writing: a second writer — in this process or another
 // — gets a ckpt::Error naming the directory (an advisory flock on
 // `dir/.lock`). Any number of read_only managers may open it alongside; they
@@ -100,8 +100,9 @@ struct ManagerOptions {
   // Receives one line per event worth knowing: a skipped damaged checkpoint,
   // an orphaned temporary removed, a file adopted, a coalesced save, a
   // background error during destruction. Empty: written to stderr as
-  // "ckpt: <dir>: <message>". Called with the manager's lock held: it must
-  // not call back into the manager.
+  // "ckpt: <dir>: <message>". Called from the caller's thread or the
+  // background writer, one call at a time, possibly with the manager's lock
+  // held: it must not call back into the manager.
   std::function<void(const std::string& message)> log = {};
 };
 
@@ -188,9 +189,8 @@ class CheckpointManager {
 
   const std::string& directory() const noexcept;
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit CheckpointManager(std::unique_ptr<Impl> impl);
   friend struct ManagerAccess;
   std::unique_ptr<Impl> impl_;

@@ -155,6 +155,7 @@ struct CheckpointManager::Impl {
   // the fields below and the async queue. Order: write_mu before mu.
   std::mutex write_mu;
   mutable std::mutex mu;
+  mutable std::mutex log_mu;  // innermost: serialises calls of opts.log
   std::vector<CheckpointInfo> entries;  // oldest first
   std::string pointer;                  // what `last` names ("" when none)
 
@@ -249,6 +250,7 @@ CheckpointManager::Impl::~Impl() {
 }
 
 void CheckpointManager::Impl::log(const std::string& message) const noexcept {
+  std::lock_guard lk(log_mu);  // one line at a time, whichever thread logs
   try {
     if (opts.log)
       opts.log(message);
@@ -761,6 +763,7 @@ bool CheckpointManager::save_async(int64_t step, const Value& state, const Metri
     m.rethrow_error_locked(lk);
     if (!m.should_save(step, trigger)) return false;
     m.check_request(step, metrics);
+    if (m.pool.limit() != 0) m.pool.check_fits(manager::StagingPool::staged_bytes(state));
     if (m.opts.async_policy == AsyncPolicy::wait) {
       m.wait_idle_locked(lk);
       m.rethrow_error_locked(lk);
@@ -774,11 +777,15 @@ bool CheckpointManager::save_async(int64_t step, const Value& state, const Metri
   }
   Value snapshot = m.pool.snapshot(state);  // may wait for the in-flight save's buffers
   std::unique_lock lk(m.mu);
-  if (m.pending) {  // another thread queued meanwhile (coalesce): the newer call wins
-    m.log("save_async: step " + std::to_string(m.pending->step) + " had not started; step " +
-          std::to_string(step) + " replaces it");
+  if (m.pending) {  // another thread queued meanwhile
+    if (m.opts.async_policy == AsyncPolicy::wait) {
+      m.cv.wait(lk, [&] { return !m.pending; });
+    } else {  // the newer call wins
+      m.log("save_async: step " + std::to_string(m.pending->step) + " had not started; step " +
+            std::to_string(step) + " replaces it");
+    }
   }
-  m.pending = Impl::Job{step, std::move(snapshot), metrics};
+  std::optional<Impl::Job> replaced = std::exchange(m.pending, Impl::Job{step, std::move(snapshot), metrics});
   if (!m.worker.joinable()) m.worker = std::thread([&m] { m.worker_loop(); });
   m.cv.notify_all();
   return true;

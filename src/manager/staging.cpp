@@ -263,6 +263,13 @@ std::vector<Storage> StagingPool::acquire_all(const std::vector<size_t>& sizes) 
   }
 }
 
+void StagingPool::check_fits(size_t bytes) const {
+  if (state_->limit != 0 && bytes > state_->limit)
+    throw LimitError("save_async: the state holds " + std::to_string(bytes) +
+                     " bytes of tensor data, more than the staging limit of " + std::to_string(state_->limit) +
+                     " bytes (raise ManagerOptions::staging_limit or use save())");
+}
+
 Value StagingPool::snapshot(const Value& value) {
   // Distinct storages to copy, in the order the tree holds them.
   std::vector<Storage> sources;
@@ -281,11 +288,7 @@ Value StagingPool::snapshot(const Value& value) {
     sizes.push_back(s.nbytes());
     total += s.nbytes();
   }
-  if (state_->limit != 0 && total > state_->limit)
-    throw LimitError("save_async: the state holds " + std::to_string(total) +
-                     " bytes of tensor data, more than the staging limit of " +
-                     std::to_string(state_->limit) +
-                     " bytes (raise ManagerOptions::staging_limit or use save())");
+  check_fits(total);
 
   std::vector<Storage> buffers = acquire_all(sizes);
   std::unordered_map<const void*, Storage> staged;

@@ -35,6 +35,9 @@ class StagingPool {
   // copied storage once).
   static size_t staged_bytes(const Value& value);
 
+  // Throws ckpt::LimitError when a snapshot of `bytes` could never fit.
+  void check_fits(size_t bytes) const;
+
   // Deep copy of `value` with tensor bytes in pool buffers. Throws
   // ckpt::LimitError when the copy alone is larger than the limit.
   Value snapshot(const Value& value);

@@ -11,7 +11,11 @@ if(NOT EXISTS "${PYTHON}")
     "Run `bash scripts/setup` (installs python3-torch and the PyTorch 2.x venv), "
     "or configure with -DCKPT_INTEROP=OFF to leave the interop tests out.")
 endif()
+if(NOT DEFINED TIMEOUT_SCALE)
+  set(TIMEOUT_SCALE 1)
+endif()
 execute_process(COMMAND "${PYTHON}" "${SCRIPT}" --ckpt "${CKPT}" --python "${PYTHON}" --workdir "${WORKDIR}"
+                        --timeout-scale "${TIMEOUT_SCALE}"
                 RESULT_VARIABLE _rc)
 if(NOT _rc EQUAL 0)
   message(FATAL_ERROR "interop with ${PYTHON}: failed (${_rc})")

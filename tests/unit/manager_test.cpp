@@ -154,7 +154,7 @@ ManagerOptions quiet(ManagerOptions o, LogCapture* log = nullptr) {
 
 // An io::Env that fails the Nth file-system call (counting every create,
 // append, fsync, close, rename and directory fsync) with a chosen errno, once
-// or from then on; it can also slow appends down.
+// or from then on; it can also make every file creation slow.
 class FailingEnv final : public io::Env {
  public:
   explicit FailingEnv(io::Env& base = io::Env::posix()) : base_(base) {}
@@ -164,12 +164,13 @@ class FailingEnv final : public io::Env {
     errno_ = err;
     sticky_ = sticky;
   }
-  void set_append_delay(std::chrono::milliseconds d) { delay_ = d; }
+  void set_create_delay(std::chrono::milliseconds d) { delay_ = d; }
   int64_t calls() const { return calls_; }
   bool triggered() const { return triggered_; }
 
   std::unique_ptr<io::WritableFile> new_writable_file(const std::string& path) override {
     check("cannot create", path);
+    if (delay_.count() > 0) std::this_thread::sleep_for(delay_);
     return std::make_unique<File>(*this, base_.new_writable_file(path), path);
   }
   void rename_file(const std::string& from, const std::string& to) override {
@@ -189,7 +190,6 @@ class FailingEnv final : public io::Env {
     File(FailingEnv& env, std::unique_ptr<io::WritableFile> inner, std::string path)
         : env_(env), inner_(std::move(inner)), path_(std::move(path)) {}
     void append(std::span<const std::byte> data) override {
-      if (env_.delay_.count() > 0) std::this_thread::sleep_for(env_.delay_);
       env_.check("write failed", path_);
       inner_->append(data);
     }
@@ -798,14 +798,14 @@ TEST(ManagerLock, ReaderRacingAWriterNeverSeesAPartialCheckpoint) {
       done = true;
     });
     int reads = 0;
-    while (!done) {
+    do {
       CheckpointManager reader(dir.path(), quiet({.read_only = true}));
       auto r = reader.resume();  // the file may be retired under it: then an older one
       if (r) {
         EXPECT_TRUE(is_state(r->value, r->info.step, kWeightElems));
         ++reads;
       }
-    }
+    } while (!done);
     t.join();
     EXPECT_GT(reads, 0);
   }
@@ -816,7 +816,7 @@ TEST(ManagerLock, ReaderRacingAWriterNeverSeesAPartialCheckpoint) {
 TEST(ManagerAsync, MutatingTensorsAfterSaveAsyncDoesNotChangeTheFile) {
   ManagerDir dir;
   FailingEnv env;
-  env.set_append_delay(std::chrono::milliseconds(50));  // keep the write in flight meanwhile
+  env.set_create_delay(std::chrono::milliseconds(50));  // keep the write in flight meanwhile
   CheckpointManager m = ManagerAccess::open(dir.path(), quiet({}), env);
   Value state = make_state(1, kWeightElems);
   // A view sharing the weight's storage, and a scalar in a nested list.
@@ -878,7 +878,7 @@ TEST(ManagerAsync, DestructorWaitsAndLogsErrors) {
   LogCapture log;
   {
     FailingEnv env;
-    env.set_append_delay(std::chrono::milliseconds(20));
+    env.set_create_delay(std::chrono::milliseconds(20));
     CheckpointManager m = ManagerAccess::open(dir.path(), quiet({}, &log), env);
     m.save_async(1, make_state(1));
   }
@@ -898,7 +898,7 @@ TEST(ManagerAsync, DestructorWaitsAndLogsErrors) {
 TEST(ManagerAsync, WaitPolicySavesEveryStep) {
   ManagerDir dir;
   FailingEnv env;
-  env.set_append_delay(std::chrono::milliseconds(10));
+  env.set_create_delay(std::chrono::milliseconds(10));
   CheckpointManager m = ManagerAccess::open(dir.path(), quiet({.async_policy = AsyncPolicy::wait}), env);
   for (int64_t s = 1; s <= 4; ++s) m.save_async(s, make_state(s));
   m.wait();
@@ -908,17 +908,17 @@ TEST(ManagerAsync, WaitPolicySavesEveryStep) {
 TEST(ManagerAsync, CoalescePolicyReplacesAQueuedSave) {
   ManagerDir dir;
   FailingEnv env;
-  env.set_append_delay(std::chrono::milliseconds(100));
+  env.set_create_delay(std::chrono::milliseconds(100));  // a save creates 3 files: 300+ ms
   LogCapture log;
   CheckpointManager m =
       ManagerAccess::open(dir.path(), quiet({.async_policy = AsyncPolicy::coalesce}, &log), env);
-  auto t0 = std::chrono::steady_clock::now();
   m.save_async(1, make_state(1));
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // 1 is being written
-  m.save_async(2, make_state(2));                              // queued
-  m.save_async(3, make_state(3));                              // replaces 2
+  while (env.calls() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // 1 is being written
+  auto t0 = std::chrono::steady_clock::now();
+  m.save_async(2, make_state(2));  // queued
+  m.save_async(3, make_state(3));  // replaces 2
   auto blocked = std::chrono::steady_clock::now() - t0;
-  EXPECT_LT(blocked, std::chrono::milliseconds(90));  // none of them waited for the write
+  EXPECT_LT(blocked, std::chrono::milliseconds(250));  // neither waited for the write of 1
   m.wait();
   EXPECT_EQ(steps_of(m), (std::vector<int64_t>{1, 3}));
   EXPECT_TRUE(log.contains("step 2 had not started; step 3 replaces it")) << log.all();
