@@ -1,6 +1,8 @@
 #include "pickle/pickler.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <string_view>
 #include <unordered_map>
 
 #include "ckpt/error.hpp"
@@ -8,10 +10,89 @@
 namespace ckpt::pickle {
 
 namespace {
-constexpr size_t kBatchSize = 1000;  // CPython pickle.py: BATCHSIZE
-constexpr int kMaxDepth = 10000;     // refuse absurdly deep trees instead of overflowing the stack
+
+constexpr size_t kBatchSize = 1000;  // CPython pickle: BATCHSIZE of APPENDS / SETITEMS
+constexpr uint32_t kNoMemo = UINT32_MAX;
+
+// Protocol-2 opcodes torch.save emits.
+enum Op : char {
+  MARK = '(', STOP = '.', NONE = 'N', BININT = 'J', BININT1 = 'K', BININT2 = 'M', BINFLOAT = 'G',
+  BINUNICODE = 'X', EMPTY_LIST = ']', APPEND = 'a', APPENDS = 'e', EMPTY_TUPLE = ')', TUPLE = 't',
+  EMPTY_DICT = '}', SETITEM = 's', SETITEMS = 'u', BINGET = 'h', LONG_BINGET = 'j', BINPUT = 'q',
+  LONG_BINPUT = 'r', GLOBAL = 'c', REDUCE = 'R', BUILD = 'b', BINPERSID = 'Q',
+  PROTO = '\x80', TUPLE1 = '\x85', TUPLE2 = '\x86', TUPLE3 = '\x87', NEWTRUE = '\x88',
+  NEWFALSE = '\x89', LONG1 = '\x8a', LONG4 = '\x8b',
+};
+
+// What Python's BINUNICODE loader accepts: UTF-8 with surrogate code points
+// allowed (it decodes with errors='surrogatepass'), no overlong forms,
+// nothing above U+10FFFF.
+bool python_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<uint8_t>(s[i]);
+    size_t n;
+    uint32_t cp, min;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      n = 2, cp = c & 0x1Fu, min = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+      n = 3, cp = c & 0x0Fu, min = 0x800;
+    } else if ((c & 0xF8) == 0xF0) {
+      n = 4, cp = c & 0x07u, min = 0x10000;
+    } else {
+      return false;
+    }
+    if (n > s.size() - i) return false;
+    for (size_t k = 1; k < n; ++k) {
+      const auto b = static_cast<uint8_t>(s[i + k]);
+      if ((b & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (b & 0x3Fu);
+    }
+    if (cp < min || cp > 0x10FFFF) return false;
+    i += n;
+  }
+  return true;
+}
+
+// Minimal two's complement (what CPython's encode_long writes), dropping
+// redundant sign bytes from a BigInt built by hand.
+std::vector<uint8_t> minimal_twos_complement(std::vector<uint8_t> b) {
+  while (b.size() > 1) {
+    const uint8_t last = b.back(), prev = b[b.size() - 2];
+    if ((last == 0x00 && !(prev & 0x80)) || (last == 0xFF && (prev & 0x80))) b.pop_back();
+    else break;
+  }
+  if (b.size() == 1 && b[0] == 0) b.clear();  // 0 is encoded with no bytes
+  return b;
+}
+
+// Element type torch.save checks storage sharing with: the dtype of a typed
+// storage, uint8 for an UntypedStorage (dtypes without a typed class).
+DType sharing_dtype(DType d) { return info(d).storage_name.empty() ? DType::uint8 : d; }
+
 }  // namespace
 
+// ---- String identity
+//
+// CPython memoizes a str by object identity, so what matters is which strings
+// torch.save's pickler sees as one object:
+//  * strings of the value tree: one object per distinct value. In Python, keys
+//    reused across dicts ('version' in every _metadata entry), interned
+//    literals and '' are one object each, and the keys of one dict are
+//    distinct values anyway  -> memoized by value (memo_str).
+//  * constants that torch and pickle use: 'storage', 'latin1', and location
+//    tags without a device index ('cpu', 'mps', 'meta'): interned literals,
+//    the same objects as equal literals in the tree  -> memo_str as well.
+//  * storage keys: str(len(id_map)) is made once per storage and reused for
+//    every later reference to it; it is never the object of an equal string
+//    in the tree (the _metadata key '0' of an nn.Sequential is written again)
+//    -> memoized per storage.
+//  * location tags with an index ("cuda" + ":" + str(index)), the device type
+//    string of torch.device.__reduce__, the latin-1 text of a bytes object:
+//    a new object each time  -> written (and memoized) every time.
 struct TorchPickler::Impl {
   std::string out;
   std::vector<StorageRecord>& storages;
@@ -20,31 +101,34 @@ struct TorchPickler::Impl {
   std::unordered_map<std::string, uint32_t> memo_str;     // strings by value
   std::unordered_map<std::string, uint32_t> memo_global;  // "module\nname"
   std::unordered_map<const void*, size_t> storage_index;  // Storage::id() -> storages index
+  std::vector<uint32_t> key_memo;                          // storages index -> memo of its key
 
   explicit Impl(std::vector<StorageRecord>& s) : storages(s) {}
 
-  // ---- raw opcodes
+  // ---- raw output
   void op(char c) { out.push_back(c); }
   void u8(uint8_t v) { out.push_back(static_cast<char>(v)); }
   void u32(uint32_t v) {
     for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
   }
-  void put_memo() {
-    uint32_t i = next_memo++;
+  // Memoizes the object on top of the stack; returns its memo index.
+  uint32_t put_memo() {
+    const uint32_t i = next_memo++;
     if (i < 256) {
-      op('q');
+      op(BINPUT);
       u8(static_cast<uint8_t>(i));
     } else {
-      op('r');
+      op(LONG_BINPUT);
       u32(i);
     }
+    return i;
   }
   void get_memo(uint32_t i) {
     if (i < 256) {
-      op('h');
+      op(BINGET);
       u8(static_cast<uint8_t>(i));
     } else {
-      op('j');
+      op(LONG_BINGET);
       u32(i);
     }
   }
@@ -52,106 +136,145 @@ struct TorchPickler::Impl {
   // ---- scalars
   void save_int(int64_t v) {
     if (v >= 0 && v < 256) {
-      op('K');
+      op(BININT1);
       u8(static_cast<uint8_t>(v));
     } else if (v >= 0 && v < 65536) {
-      op('M');
+      op(BININT2);
       u8(static_cast<uint8_t>(v & 0xff));
       u8(static_cast<uint8_t>(v >> 8));
     } else if (v >= INT32_MIN && v <= INT32_MAX) {
-      op('J');
+      op(BININT);
       u32(static_cast<uint32_t>(static_cast<int32_t>(v)));
     } else {
-      // LONG1: minimal two's complement, little-endian.
-      std::string b;
-      uint64_t u = static_cast<uint64_t>(v);
-      for (int i = 0; i < 8; ++i) b.push_back(static_cast<char>((u >> (8 * i)) & 0xff));
-      while (b.size() > 1) {
-        auto last = static_cast<uint8_t>(b.back()), prev = static_cast<uint8_t>(b[b.size() - 2]);
-        if ((last == 0 && !(prev & 0x80)) || (last == 0xff && (prev & 0x80))) b.pop_back();
-        else break;
-      }
-      op('\x8a');
-      u8(static_cast<uint8_t>(b.size()));
-      out += b;
+      std::vector<uint8_t> b(8);
+      const auto u = static_cast<uint64_t>(v);
+      for (int i = 0; i < 8; ++i) b[i] = static_cast<uint8_t>((u >> (8 * i)) & 0xff);
+      save_long(minimal_twos_complement(std::move(b)));
     }
   }
-  void save_bigint(const BigInt& b) {
-    if (b.bytes.size() < 256) {
-      op('\x8a');
-      u8(static_cast<uint8_t>(b.bytes.size()));
+  // LONG1 / LONG4 of minimal two's complement bytes.
+  void save_long(const std::vector<uint8_t>& b) {
+    if (b.size() < 256) {
+      op(LONG1);
+      u8(static_cast<uint8_t>(b.size()));
     } else {
-      op('\x8b');
-      u32(static_cast<uint32_t>(b.bytes.size()));
+      if (b.size() > INT32_MAX) throw Error("integer of " + std::to_string(b.size()) + " bytes is too large to pickle");
+      op(LONG4);
+      u32(static_cast<uint32_t>(b.size()));
     }
-    out.append(reinterpret_cast<const char*>(b.bytes.data()), b.bytes.size());
+    out.append(reinterpret_cast<const char*>(b.data()), b.size());
+  }
+  void save_bigint(const BigInt& big) {
+    std::vector<uint8_t> b = minimal_twos_complement(big.bytes);
+    if (b.size() > 8) return save_long(b);
+    // Fits in int64 (a hand-made BigInt): CPython picks the opcode by value.
+    uint64_t u = b.empty() || !(b.back() & 0x80) ? 0 : ~uint64_t{0};
+    for (size_t i = 0; i < b.size(); ++i) {
+      u &= ~(uint64_t{0xff} << (8 * i));
+      u |= uint64_t{b[i]} << (8 * i);
+    }
+    save_int(static_cast<int64_t>(u));
   }
   void save_float(double d) {
     uint64_t bits;
     std::memcpy(&bits, &d, 8);
-    op('G');
+    op(BINFLOAT);
     for (int i = 7; i >= 0; --i) u8(static_cast<uint8_t>((bits >> (8 * i)) & 0xff));  // big-endian
   }
+  // BINUNICODE without memo lookup; memoizes the new object.
+  uint32_t write_str(std::string_view s) {
+    if (s.size() > UINT32_MAX) throw Error("string of " + std::to_string(s.size()) + " bytes is too long to pickle");
+    if (!python_utf8(s))
+      throw Error("cannot save a string that is not valid UTF-8 (Python could not load it): " + Value(s).repr());
+    op(BINUNICODE);
+    u32(static_cast<uint32_t>(s.size()));
+    out += s;
+    return put_memo();
+  }
+  // A string that is one object per value (see "String identity").
   void save_str(const std::string& s) {
     auto it = memo_str.find(s);
     if (it != memo_str.end()) return get_memo(it->second);
-    if (s.size() > UINT32_MAX) throw Error("string of " + std::to_string(s.size()) + " bytes is too long to pickle");
-    op('X');
-    u32(static_cast<uint32_t>(s.size()));
-    out += s;
-    memo_str.emplace(s, next_memo);
-    put_memo();
+    memo_str.emplace(s, write_str(s));
   }
-  void save_global(const std::string& module, const std::string& name) {
-    std::string key = module + "\n" + name;
+  void save_global(std::string_view module, std::string_view name) {
+    std::string key = std::string(module) + "\n" + std::string(name);
     auto it = memo_global.find(key);
     if (it != memo_global.end()) return get_memo(it->second);
-    op('c');
+    op(GLOBAL);
     out += key;
     op('\n');
-    memo_global.emplace(std::move(key), next_memo);
-    put_memo();
+    memo_global.emplace(std::move(key), put_memo());
   }
-  // After the elements of a tuple of `n` items are on the stack.
-  void close_tuple(size_t n) {
-    if (n == 1) op('\x85');
-    else if (n == 2) op('\x86');
-    else if (n == 3) op('\x87');
-    else op('t');
-    put_memo();
-  }
+  // Before the elements of a tuple of `n` items / after them.
   void open_tuple(size_t n) {
-    if (n > 3) op('(');
+    if (n > 3) op(MARK);
+  }
+  void close_tuple(size_t n) {
+    op(n == 1 ? TUPLE1 : n == 2 ? TUPLE2 : n == 3 ? TUPLE3 : TUPLE);
+    put_memo();
   }
   void reduce() {
-    op('R');
+    op(REDUCE);
     put_memo();
   }
-  void empty_ordered_dict() {  // OrderedDict()
+  void empty_ordered_dict() {  // collections.OrderedDict()
     save_global("collections", "OrderedDict");
-    op(')');
+    op(EMPTY_TUPLE);
     reduce();
   }
 
-  // ---- containers
-  void save_list_items(const List& items, int depth) {
+  // ---- containers (CPython _pickle.c: batch_list_exact, batch_dict_exact, batch_dict)
+  // A list: one item -> APPEND; more -> MARK ... APPENDS per batch of 1000.
+  void save_list_items(const List& items, size_t depth) {
+    if (items.size() == 1) {
+      save(items[0], depth + 1);
+      return op(APPEND);
+    }
     for (size_t i = 0; i < items.size(); i += kBatchSize) {
-      size_t n = std::min(kBatchSize, items.size() - i);
-      if (n > 1) op('(');
+      const size_t n = std::min(kBatchSize, items.size() - i);
+      op(MARK);
       for (size_t k = 0; k < n; ++k) save(items[i + k], depth + 1);
-      op(n > 1 ? 'e' : 'a');
+      op(APPENDS);
     }
   }
-  void save_dict_items(const Dict& d, int depth) {
+  void save_item(const Dict::Item& item, size_t depth) {
+    save(item.first, depth + 1);
+    save(item.second, depth + 1);
+  }
+  // A dict: one item -> SETITEM; more -> MARK ... SETITEMS per batch of 1000,
+  // and (as CPython's loop does) one empty batch after a full last batch.
+  void save_dict_items(const Dict& d, size_t depth) {
     const auto& items = d.items();
-    for (size_t i = 0; i < items.size(); i += kBatchSize) {
-      size_t n = std::min(kBatchSize, items.size() - i);
-      if (n > 1) op('(');
-      for (size_t k = 0; k < n; ++k) {
-        save(items[i + k].first, depth + 1);
-        save(items[i + k].second, depth + 1);
+    if (items.empty()) return;
+    if (items.size() == 1) {
+      save_item(items[0], depth);
+      return op(SETITEM);
+    }
+    size_t i = 0, n;
+    do {
+      n = std::min(kBatchSize, items.size() - i);
+      op(MARK);
+      for (size_t k = 0; k < n; ++k) save_item(items[i + k], depth);
+      op(SETITEMS);
+      i += n;
+    } while (n == kBatchSize);
+  }
+  // The items of a reduced object (OrderedDict), pickled from an iterator:
+  // per batch, a last single item -> SETITEM, else MARK ... SETITEMS.
+  void save_dict_items_iter(const Dict& d, size_t depth) {
+    const auto& items = d.items();
+    for (size_t i = 0; i < items.size();) {
+      const size_t n = std::min(kBatchSize, items.size() - i);
+      if (n == 1) {
+        save_item(items[i], depth);
+        op(SETITEM);
+      } else {
+        op(MARK);
+        for (size_t k = 0; k < n; ++k) save_item(items[i + k], depth);
+        op(SETITEMS);
       }
-      op(n > 1 ? 'u' : 's');
+      i += n;
     }
   }
   bool memoized(const Value& v) {
@@ -160,225 +283,236 @@ struct TorchPickler::Impl {
     get_memo(it->second);
     return true;
   }
+  // The next put_memo() memoizes container `v`.
   void remember(const Value& v) { memo_obj.emplace(v.container_id(), next_memo); }
 
   // ---- torch objects
-  const StorageRecord& storage_record(const Storage& s, DType dtype) {
+  size_t storage_slot(const Storage& s, DType dtype) {
     auto it = storage_index.find(s.id());
     if (it != storage_index.end()) {
       const StorageRecord& r = storages[it->second];
-      if (r.dtype != dtype)
-        throw Error("cannot save tensors that view one storage as different types (" + std::string(name(r.dtype)) +
-                    " and " + std::string(name(dtype)) + "); torch.save refuses this too");
-      return r;
+      if (sharing_dtype(r.dtype) != sharing_dtype(dtype))
+        throw Error("cannot save tensors or storages that view one storage as different types (" +
+                    std::string(name(r.dtype)) + " and " + std::string(name(dtype)) +
+                    "); torch.save refuses this too");
+      return it->second;
     }
     storage_index.emplace(s.id(), storages.size());
     storages.push_back({std::to_string(storages.size()), s, dtype});
-    return storages.back();
+    key_memo.push_back(kNoMemo);
+    return storages.size() - 1;
+  }
+
+  // Location tags: see "String identity".
+  void save_location(const std::string& device) {
+    if (device.find(':') == std::string::npos) save_str(device);
+    else write_str(device);
   }
 
   // ('storage', <class>, key, location, numel) BINPERSID
   void save_persistent_storage(const Storage& s, DType dtype, const std::string& device) {
-    const StorageRecord& r = storage_record(s, dtype);
+    if (!s) throw Error("cannot save a tensor or storage without data (an undefined storage)");
+    const size_t slot = storage_slot(s, dtype);
     const bool typed = !info(dtype).storage_name.empty();
     const size_t esize = typed ? itemsize(dtype) : 1;
     if (s.nbytes() % esize != 0)
       throw Error("storage of " + std::to_string(s.nbytes()) + " bytes is not a whole number of " +
                   std::string(name(dtype)) + " elements");
-    op('(');
+    op(MARK);
     save_str("storage");
-    if (typed) save_global("torch", std::string(info(dtype).storage_name));
+    if (typed) save_global("torch", info(dtype).storage_name);
     else save_global("torch.storage", "UntypedStorage");
-    save_str(r.key);
-    save_str(device);
+    uint32_t& km = key_memo[slot];
+    if (km == kNoMemo) km = write_str(storages[slot].key);
+    else get_memo(km);
+    save_location(device);
     save_int(static_cast<int64_t>(s.nbytes() / esize));
     close_tuple(5);
-    op('Q');
+    op(BINPERSID);
   }
 
   void save_int_tuple(const std::vector<int64_t>& v) {
-    if (v.empty()) {
-      op(')');
-      return;
-    }
+    if (v.empty()) return op(EMPTY_TUPLE);
     open_tuple(v.size());
     for (int64_t x : v) save_int(x);
     close_tuple(v.size());
   }
 
+  // Tensor.__reduce_ex__ (torch 2.x _reduce_ex_internal, CPU tensors):
+  //   _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, OrderedDict())
+  //   _rebuild_tensor_v3(untyped storage, offset, size, stride, requires_grad, OrderedDict(), dtype)
   void save_tensor_data(const Tensor& t, bool requires_grad) {
     if (!t.defined()) throw Error("cannot save an undefined tensor");
+    if (info(t.dtype()).is_quantized)
+      throw Error("cannot save a quantized tensor (" + std::string(name(t.dtype())) +
+                  "): ckpt does not record quantizer parameters, and torch cannot rebuild it without them");
     const bool typed = !info(t.dtype()).storage_name.empty();
     save_global("torch._utils", typed ? "_rebuild_tensor_v2" : "_rebuild_tensor_v3");
-    op('(');
+    op(MARK);
     save_persistent_storage(t.storage(), t.dtype(), t.device());
     save_int(t.storage_offset());
     save_int_tuple(t.sizes());
     save_int_tuple(t.strides());
-    op(requires_grad ? '\x88' : '\x89');
+    op(requires_grad ? NEWTRUE : NEWFALSE);
     empty_ordered_dict();
-    if (!typed) save_global("torch", std::string(name(t.dtype())));
+    if (!typed) save_global("torch", name(t.dtype()));
     close_tuple(typed ? 6 : 7);
     reduce();
   }
 
   void save_tensor(const Tensor& t) {
     if (!t.is_parameter()) return save_tensor_data(t, t.requires_grad());
-    // Parameter.__reduce_ex__: _rebuild_parameter(data, requires_grad, OrderedDict())
+    // Parameter.__reduce_ex__: _rebuild_parameter(self.data, requires_grad, OrderedDict())
     save_global("torch._utils", "_rebuild_parameter");
     save_tensor_data(t, false);
-    op(t.requires_grad() ? '\x88' : '\x89');
+    op(t.requires_grad() ? NEWTRUE : NEWFALSE);
     empty_ordered_dict();
     close_tuple(3);
     reduce();
   }
 
+  // bytes under protocol 2: _codecs.encode(<latin-1 text>, 'latin1'), memoized
+  // as the bytes object. (CPython writes b'' as __builtin__.bytes(), which
+  // torch's weights-only loader refuses; the encode form loads everywhere.)
+  void save_bytes(const std::string& data) {
+    save_global("_codecs", "encode");
+    std::string text;
+    text.reserve(data.size());
+    for (unsigned char c : data) {
+      if (c < 0x80) {
+        text += static_cast<char>(c);
+      } else {
+        text += static_cast<char>(0xC0 | (c >> 6));
+        text += static_cast<char>(0x80 | (c & 0x3F));
+      }
+    }
+    write_str(text);  // str(obj, 'latin1'): a new object
+    save_str("latin1");
+    close_tuple(2);
+    reduce();
+  }
+
+  // torch.device.__reduce__: (torch.device, (type,)) or (torch.device, (type, index))
+  void save_device(const std::string& n) {
+    const size_t colon = n.find(':');
+    int64_t index = 0;
+    if (colon != std::string::npos) {
+      const std::string_view digits = std::string_view(n).substr(colon + 1);
+      if (digits.empty() || digits.size() > 9 ||
+          !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        throw Error("cannot save device '" + n + "': expected 'type' or 'type:index'");
+      for (char c : digits) index = index * 10 + (c - '0');
+    }
+    save_global("torch", "device");
+    write_str(n.substr(0, colon));  // a new str from the C++ device type name
+    if (colon == std::string::npos) {
+      close_tuple(1);
+    } else {
+      save_int(index);
+      close_tuple(2);
+    }
+    reduce();
+  }
+
   // ---- dispatch
-  void save(const Value& v, int depth) {
-    if (depth > kMaxDepth) throw Error("value nests deeper than " + std::to_string(kMaxDepth) + " levels");
+  void save(const Value& v, size_t depth) {
+    if (depth > kMaxDepth && v.container_id() != nullptr)
+      throw Error("cannot save containers nested deeper than " + std::to_string(kMaxDepth) +
+                  " levels (torch and ckpt could not load them)");
     switch (v.kind()) {
-      case Value::Kind::None: op('N'); return;
-      case Value::Kind::Bool: op(v.as_bool() ? '\x88' : '\x89'); return;
-      case Value::Kind::Int: save_int(v.as_int()); return;
-      case Value::Kind::BigInt: save_bigint(v.as_bigint()); return;
-      case Value::Kind::Float: save_float(v.as_float()); return;
-      case Value::Kind::String: save_str(v.as_string()); return;
+      case Value::Kind::None: return op(NONE);
+      case Value::Kind::Bool: return op(v.as_bool() ? NEWTRUE : NEWFALSE);
+      case Value::Kind::Int: return save_int(v.as_int());
+      case Value::Kind::BigInt: return save_bigint(v.as_bigint());
+      case Value::Kind::Float: return save_float(v.as_float());
+      case Value::Kind::String: return save_str(v.as_string());
       case Value::Kind::Bytes: {
-        // bytearray(b) pickles as bytearray(<the bytes below>), bytearray() as bytearray().
-        const bool array = v.is_bytearray();
-        if (array) {
-          save_global("__builtin__", "bytearray");
-          if (v.as_bytes().empty()) {
-            op(')');
-            reduce();
-            return;
-          }
-        }
-        // Protocol 2 has no bytes opcode: _codecs.encode(latin-1 text, 'latin1').
-        // (CPython writes b'' as builtins.bytes(), which torch's weights-only
-        // loader refuses; the encode form loads everywhere.)
-        save_global("_codecs", "encode");
-        std::string text;
-        for (unsigned char c : v.as_bytes()) {
-          if (c < 0x80) {
-            text += static_cast<char>(c);
-          } else {
-            text += static_cast<char>(0xC0 | (c >> 6));
-            text += static_cast<char>(0x80 | (c & 0x3F));
-          }
-        }
-        // A fresh str object in Python: never memo-shared with an equal str.
-        op('X');
-        u32(static_cast<uint32_t>(text.size()));
-        out += text;
-        put_memo();
-        save_str("latin1");
-        close_tuple(2);
-        reduce();
-        if (array) {
+        if (!v.is_bytearray()) return save_bytes(v.as_bytes());
+        // bytearray.__reduce_ex__(2): (bytearray, (bytes(self),)), or (bytearray, ()) when empty
+        save_global("__builtin__", "bytearray");
+        if (v.as_bytes().empty()) {
+          op(EMPTY_TUPLE);
+        } else {
+          save_bytes(v.as_bytes());
           close_tuple(1);
-          reduce();
         }
-        return;
+        return reduce();
       }
       case Value::Kind::Complex: {
         save_global("__builtin__", "complex");
         save_float(v.as_complex().real());
         save_float(v.as_complex().imag());
         close_tuple(2);
-        reduce();
-        return;
+        return reduce();
       }
       case Value::Kind::List: {
         if (memoized(v)) return;
-        op(']');
+        op(EMPTY_LIST);
         remember(v);
         put_memo();
-        save_list_items(v.as_list(), depth);
-        return;
+        return save_list_items(v.as_list(), depth);
       }
       case Value::Kind::Tuple: {
         if (memoized(v)) return;
         const List& items = v.as_tuple();
-        if (items.empty()) {
-          op(')');
-          return;
-        }
+        if (items.empty()) return op(EMPTY_TUPLE);  // not memoized (CPython)
         open_tuple(items.size());
         for (const auto& x : items) save(x, depth + 1);
-        if (memoized(v)) return;  // (recursive tuples cannot occur in ckpt's trees)
         remember(v);
-        close_tuple(items.size());
-        return;
+        return close_tuple(items.size());
       }
       case Value::Kind::Set: {
+        // set.__reduce__ under protocol 2: (set, (list(self),))
         if (memoized(v)) return;
         save_global("__builtin__", "set");
-        op(']');
+        op(EMPTY_LIST);
         put_memo();
         save_list_items(v.as_set(), depth);
         close_tuple(1);
         remember(v);
-        reduce();
-        return;
+        return reduce();
       }
       case Value::Kind::Dict: {
         if (memoized(v)) return;
         const Dict& d = v.as_dict();
-        if (d.ordered) {
-          save_global("collections", "OrderedDict");
-          op(')');
-          op('R');
+        if (!d.ordered) {
+          op(EMPTY_DICT);
           remember(v);
           put_memo();
-          save_dict_items(d, depth);
-          if (d.attributes.is_dict() && !d.attributes.as_dict().empty()) {
-            save(d.attributes, depth + 1);
-            op('b');
-          }
-          return;
+          return save_dict_items(d, depth);
         }
-        op('}');
+        // OrderedDict.__reduce__: (OrderedDict, (), self.__dict__ or None, None, iter(items))
+        save_global("collections", "OrderedDict");
+        op(EMPTY_TUPLE);
+        op(REDUCE);
         remember(v);
         put_memo();
-        save_dict_items(d, depth);
+        save_dict_items_iter(d, depth);
+        if (d.attributes.is_dict() && !d.attributes.as_dict().empty()) {
+          save(d.attributes, depth + 1);
+          op(BUILD);
+        }
         return;
       }
-      case Value::Kind::Tensor: save_tensor(v.as_tensor()); return;
+      case Value::Kind::Tensor: return save_tensor(v.as_tensor());
       case Value::Kind::Storage: {
         const StorageValue& s = v.as_storage();
-        save_persistent_storage(s.storage, s.dtype, s.device);
-        return;
+        return save_persistent_storage(s.storage, s.dtype, s.device);
       }
-      case Value::Kind::DType: save_global("torch", std::string(name(v.as_dtype()))); return;
-      case Value::Kind::Device: {
-        // torch.device('cuda', 0) / torch.device('cpu')
-        const std::string& n = v.as_device().name;
-        save_global("torch", "device");
-        size_t colon = n.find(':');
-        if (colon == std::string::npos) {
-          save_str(n);
-          close_tuple(1);
-        } else {
-          save_str(n.substr(0, colon));
-          save_int(std::stoll(n.substr(colon + 1)));
-          close_tuple(2);
-        }
-        reduce();
-        return;
-      }
+      case Value::Kind::DType: return save_global("torch", name(v.as_dtype()));
+      case Value::Kind::Device: return save_device(v.as_device().name);
       case Value::Kind::Size: {
+        // torch.Size.__reduce__: (torch.Size, (tuple(self),))
         save_global("torch", "Size");
         save_int_tuple(v.as_size().dims);
         close_tuple(1);
-        reduce();
-        return;
+        return reduce();
       }
       case Value::Kind::Global:
-        throw Error("cannot save the inert global '" + v.as_global().qualified() +
+        throw Error("cannot save inert global '" + v.as_global().qualified() +
                     "': ckpt writes only what torch.load(weights_only=True) reads");
       case Value::Kind::Object:
-        throw Error("cannot save the inert object '" + v.as_object().qualified() +
+        throw Error("cannot save inert object '" + v.as_object().qualified() +
                     "': ckpt writes only what torch.load(weights_only=True) reads");
     }
   }
@@ -387,9 +521,10 @@ struct TorchPickler::Impl {
 std::string TorchPickler::dump(const Value& value) {
   storages_.clear();
   Impl impl(storages_);
-  impl.out = "\x80\x02";
-  impl.save(value, 0);
-  impl.op('.');
+  impl.op(PROTO);
+  impl.u8(2);
+  impl.save(value, 1);  // depth: containers from the root to here, both included
+  impl.op(STOP);
   return std::move(impl.out);
 }
 

@@ -1,14 +1,21 @@
 // Private: writing a Value as torch.save pickles it (protocol 2).
 //
-// The output follows CPython's protocol-2 pickler opcode for opcode — memo
-// (BINPUT / BINGET) for every container, tuple, string and global, batched
-// APPENDS / SETITEMS of 1000 — and torch's reductions: tensors as
-// _rebuild_tensor_v2 (or _rebuild_tensor_v3 with an UntypedStorage for
-// dtypes that have no typed storage class), Parameters as _rebuild_parameter,
-// storages as persistent ids ('storage', <class>, key, location, numel).
-// For a state dict the bytes equal what torch 2.x writes. Strings are
-// memoized by value (Python memoizes by object identity; the two agree for
-// the trees torch and ckpt build).
+// The output follows CPython's C pickler (protocol 2) opcode for opcode —
+// BINPUT / LONG_BINPUT for every memoizable object, BINGET when an object is
+// pickled again, BININT1 / BININT2 / BININT / LONG1 / LONG4, BINFLOAT,
+// tuples, batched APPENDS / SETITEMS of 1000 — plus torch's reductions:
+// tensors as _rebuild_tensor_v2 (or _rebuild_tensor_v3 with an UntypedStorage
+// for dtypes that have no typed storage class), Parameters as
+// _rebuild_parameter, storages as persistent ids
+// ('storage', <class>, key, location, numel). For a state dict the bytes
+// equal what torch 2.x writes (tests/unit/save_test.cpp checks this against
+// files torch wrote).
+//
+// Python memoizes by object identity; ckpt's containers have identity
+// (Value::container_id()) but strings are values. The pickler models the
+// string objects torch.save produces (see pickler.cpp, "String identity").
+//
+// Not thread-safe; use one TorchPickler per dump.
 #pragma once
 
 #include <string>
@@ -21,16 +28,23 @@ namespace ckpt::pickle {
 struct StorageRecord {
   std::string key;  // "0", "1", ... in first-encounter order
   Storage storage;
-  DType dtype;
+  DType dtype;      // of the first tensor (or bare storage) that referenced it
 };
 
 class TorchPickler {
  public:
-  // Pickles `value`; throws ckpt::Error for values torch.save cannot write
-  // (inert objects, storages viewed as two dtypes).
+  // Pickles `value`. Throws ckpt::Error for values torch.load cannot read
+  // back: inert objects and globals, storages viewed as two element types,
+  // quantized tensors, invalid UTF-8 strings, containers nested deeper than
+  // kMaxDepth.
   std::string dump(const Value& value);
   // The storages `value` references, each once, in key order.
   const std::vector<StorageRecord>& storages() const noexcept { return storages_; }
+
+  // Containers along one path from the root (both ends included) the pickler
+  // accepts: ckpt's unpickler refuses deeper trees (pickle::Limits::max_depth)
+  // and CPython's pickler stops at its recursion limit (1000) too.
+  static constexpr size_t kMaxDepth = 1000;
 
  private:
   struct Impl;

@@ -4,216 +4,156 @@
 #include <string>
 
 #include "ckpt/error.hpp"
+#include "pickle/utf8.hpp"
 
 namespace ckpt::pickle {
 namespace {
 
-using Fn = Value (*)(const List& args, const Limits& limits);
+using Fn = Value (*)(const List& args, CallContext& ctx);
 
+// Argument errors carry no context here; the VM adds file, record and offset.
 [[noreturn]] void bad_args(std::string_view fn, const std::string& why) {
   throw FormatError(std::string(fn) + ": " + why);
 }
 
 void expect_arity(std::string_view fn, const List& args, size_t lo, size_t hi) {
   if (args.size() < lo || args.size() > hi)
-    bad_args(fn, "takes " + std::to_string(lo) + (lo == hi ? "" : ".." + std::to_string(hi)) + " arguments, got " +
-                     std::to_string(args.size()));
+    bad_args(fn, "takes " + std::to_string(lo) + (lo == hi ? "" : ".." + std::to_string(hi)) +
+                     " arguments, got " + std::to_string(args.size()));
 }
 
+std::string kind_of(const Value& v) { return std::string(v.kind_name()); }
+
+bool is_integer(const Value& v) { return v.is_int() || v.is_bool(); }
+
+// A tuple/list of ints or a torch.Size: tensor sizes and strides.
 std::vector<int64_t> int_sequence(std::string_view fn, const Value& v, const char* what, const Limits& limits) {
-  const List* items = nullptr;
-  if (v.kind() == Value::Kind::Size) return v.as_size().dims;
-  if (v.is_tuple() || v.is_list()) items = &v.items();
-  if (!items) bad_args(fn, std::string(what) + " is a " + std::string(v.kind_name()) + ", not a tuple of ints");
-  if (items->size() > limits.max_tensor_dims)
-    bad_args(fn, std::string(what) + " has " + std::to_string(items->size()) + " dimensions (limit " +
+  if (v.kind() == Value::Kind::Size) {
+    if (v.as_size().dims.size() > limits.max_tensor_dims)
+      bad_args(fn, std::string(what) + " has " + std::to_string(v.as_size().dims.size()) +
+                       " dimensions (limit " + std::to_string(limits.max_tensor_dims) + ")");
+    return v.as_size().dims;
+  }
+  if (!v.is_tuple() && !v.is_list()) bad_args(fn, std::string(what) + " is a " + kind_of(v) + ", not a tuple of ints");
+  const List& items = v.items();
+  if (items.size() > limits.max_tensor_dims)
+    bad_args(fn, std::string(what) + " has " + std::to_string(items.size()) + " dimensions (limit " +
                      std::to_string(limits.max_tensor_dims) + ")");
   std::vector<int64_t> out;
-  out.reserve(items->size());
-  for (const auto& x : *items) {
-    if (!x.is_int()) bad_args(fn, std::string(what) + " holds a " + std::string(x.kind_name()));
+  out.reserve(items.size());
+  for (const auto& x : items) {
+    if (!is_integer(x)) bad_args(fn, std::string(what) + " holds a " + kind_of(x) + ", not an int");
     out.push_back(x.as_int());
   }
   return out;
 }
 
+bool flag(std::string_view fn, const Value& v) {
+  if (!is_integer(v)) bad_args(fn, "requires_grad is a " + kind_of(v) + ", not a bool");
+  return v.as_int() != 0;
+}
+
+// ---------------------------------------------------------------- tensors
+
+// storage[offset:] viewed as `size` / `stride` (all in elements of `dtype`,
+// which defaults to the storage's own).
 Tensor rebuild(std::string_view fn, const Value& storage, const Value& offset, const Value& size, const Value& stride,
                std::optional<DType> dtype, const Limits& limits) {
-  if (storage.kind() != Value::Kind::Storage)
-    bad_args(fn, "expects a storage, got a " + std::string(storage.kind_name()));
-  if (!offset.is_int()) bad_args(fn, "storage offset is a " + std::string(offset.kind_name()));
+  if (storage.kind() != Value::Kind::Storage) bad_args(fn, "expects a storage, got a " + kind_of(storage));
+  if (!is_integer(offset)) bad_args(fn, "storage offset is a " + kind_of(offset) + ", not an int");
   const StorageValue& sv = storage.as_storage();
-  Tensor t(sv.storage, dtype.value_or(sv.dtype), int_sequence(fn, size, "size", limits),
-           int_sequence(fn, stride, "stride", limits), offset.as_int());
+  std::vector<int64_t> sizes = int_sequence(fn, size, "size", limits);
+  std::vector<int64_t> strides = int_sequence(fn, stride, "stride", limits);
+  Tensor t(sv.storage, dtype.value_or(sv.dtype), std::move(sizes), std::move(strides), offset.as_int());
   t.set_device(sv.device);
   return t;
 }
 
-bool flag(std::string_view fn, const Value& v) {
-  if (!v.is_bool() && !v.is_int()) bad_args(fn, "requires_grad is a " + std::string(v.kind_name()));
-  return v.as_int() != 0;
-}
-
-Value rebuild_tensor(const List& a, const Limits& l) {
+// torch._utils._rebuild_tensor(storage, storage_offset, size, stride)
+Value rebuild_tensor(const List& a, CallContext& ctx) {
   expect_arity("_rebuild_tensor", a, 4, 4);
-  return Value(rebuild("_rebuild_tensor", a[0], a[1], a[2], a[3], std::nullopt, l));
+  return Value(rebuild("_rebuild_tensor", a[0], a[1], a[2], a[3], std::nullopt, ctx.limits()));
 }
 
-Value rebuild_tensor_v2(const List& a, const Limits& l) {
+// torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride,
+//                                 requires_grad, backward_hooks[, metadata])
+Value rebuild_tensor_v2(const List& a, CallContext& ctx) {
   expect_arity("_rebuild_tensor_v2", a, 6, 7);
-  Tensor t = rebuild("_rebuild_tensor_v2", a[0], a[1], a[2], a[3], std::nullopt, l);
+  Tensor t = rebuild("_rebuild_tensor_v2", a[0], a[1], a[2], a[3], std::nullopt, ctx.limits());
   t.set_requires_grad(flag("_rebuild_tensor_v2", a[4]));
   return Value(std::move(t));
 }
 
-Value rebuild_tensor_v3(const List& a, const Limits& l) {
+// torch._utils._rebuild_tensor_v3(untyped_storage, storage_offset, size,
+//                                 stride, requires_grad, backward_hooks,
+//                                 dtype[, metadata]); offsets in `dtype` elements.
+Value rebuild_tensor_v3(const List& a, CallContext& ctx) {
   expect_arity("_rebuild_tensor_v3", a, 7, 8);
-  if (a[6].kind() != Value::Kind::DType) bad_args("_rebuild_tensor_v3", "dtype argument is a " + std::string(a[6].kind_name()));
-  Tensor t = rebuild("_rebuild_tensor_v3", a[0], a[1], a[2], a[3], a[6].as_dtype(), l);
+  if (a[6].kind() == Value::Kind::Global)  // torch.int1..7, uint1..7, bcomplex32: allowed, not modelled
+    throw UnsupportedError("tensors of dtype " + a[6].as_global().qualified() + " are not supported");
+  if (a[6].kind() != Value::Kind::DType) bad_args("_rebuild_tensor_v3", "dtype argument is a " + kind_of(a[6]));
+  Tensor t = rebuild("_rebuild_tensor_v3", a[0], a[1], a[2], a[3], a[6].as_dtype(), ctx.limits());
   t.set_requires_grad(flag("_rebuild_tensor_v3", a[4]));
   return Value(std::move(t));
 }
 
 Value make_parameter(std::string_view fn, const List& a) {
-  if (a.empty() || !a[0].is_tensor()) bad_args(fn, "expects a tensor");
+  if (a.empty() || !a[0].is_tensor()) bad_args(fn, "expects a tensor, got a " + (a.empty() ? "nothing" : kind_of(a[0])));
   Tensor t = a[0].as_tensor();
   t.set_is_parameter(true);
   t.set_requires_grad(a.size() > 1 ? flag(fn, a[1]) : true);
   return Value(std::move(t));
 }
 
-Value rebuild_parameter(const List& a, const Limits&) {
+// torch._utils._rebuild_parameter(data, requires_grad, backward_hooks)
+Value rebuild_parameter(const List& a, CallContext&) {
   expect_arity("_rebuild_parameter", a, 3, 3);
   return make_parameter("_rebuild_parameter", a);
 }
 
-Value rebuild_parameter_with_state(const List& a, const Limits&) {
+// torch._utils._rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
+// the state (Python attributes of the Parameter) is not modelled.
+Value rebuild_parameter_with_state(const List& a, CallContext&) {
   expect_arity("_rebuild_parameter_with_state", a, 4, 4);
   return make_parameter("_rebuild_parameter_with_state", a);
 }
 
-Value parameter_new(const List& a, const Limits&) {
+// torch.nn.parameter.Parameter(data=None, requires_grad=True) (NEWOBJ / REDUCE).
+Value parameter_new(const List& a, CallContext&) {
   expect_arity("Parameter", a, 0, 2);
-  if (a.empty()) bad_args("Parameter", "Parameter() without data is not supported");
+  if (a.empty()) {  // Parameter() is an empty float tensor
+    Tensor t = Tensor::empty(DType::float32, {0});
+    t.set_is_parameter(true);
+    t.set_requires_grad(true);
+    return Value(std::move(t));
+  }
   return make_parameter("Parameter", a);
 }
 
-Value ordered_dict(const List& a, const Limits&) {
-  expect_arity("OrderedDict", a, 0, 1);
-  Value d = Value::ordered_dict();
-  if (a.size() == 1) {
-    if (!a[0].is_list() && !a[0].is_tuple()) bad_args("OrderedDict", "expects a list of pairs");
-    for (const auto& kv : a[0].items()) {
-      if (!kv.is_tuple() && !kv.is_list()) bad_args("OrderedDict", "items must be pairs");
-      const List& p = kv.items();
-      if (p.size() != 2) bad_args("OrderedDict", "items must be pairs");
-      if (!p[0].hashable()) bad_args("OrderedDict", "unhashable key");
-      d.as_dict().set(p[0], p[1]);
-    }
+// torch._tensor._rebuild_from_type_v2(func, new_type, args, state): func(*args)
+// viewed as new_type (Tensor or Parameter); the state (Python attributes) is
+// not modelled.
+Value rebuild_from_type_v2(const List& a, CallContext& ctx) {
+  constexpr std::string_view fn = "_rebuild_from_type_v2";
+  expect_arity(fn, a, 4, 4);
+  if (a[0].kind() != Value::Kind::Global) bad_args(fn, "func is a " + kind_of(a[0]) + ", not a function");
+  const Global& func = a[0].as_global();
+  if (func.module == "torch._tensor" && func.name == fn)
+    bad_args(fn, "nested type rebuilds are not supported");  // also bounds native recursion
+  if (!a[2].is_tuple()) bad_args(fn, "args is a " + kind_of(a[2]) + ", not a tuple");
+  Value r = ctx.call(a[0], a[2]);
+  if (r.is_tensor()) {
+    if (a[1].kind() == Value::Kind::Global && a[1].as_global().module == "torch.nn.parameter" &&
+        a[1].as_global().name == "Parameter")
+      r.as_tensor().set_is_parameter(true);
+    return r;
   }
-  return d;
-}
-
-Value counter(const List& a, const Limits&) {
-  expect_arity("Counter", a, 0, 1);
-  Value d = Value::dict();
-  if (a.size() == 1) {
-    if (!a[0].is_dict()) bad_args("Counter", "expects a dict");
-    for (const auto& [k, v] : a[0].as_dict()) d.as_dict().set(k, v);
-  }
-  return d;
-}
-
-Value torch_size(const List& a, const Limits& l) {
-  expect_arity("torch.Size", a, 0, 1);
-  return Value(Size{a.empty() ? std::vector<int64_t>{} : int_sequence("torch.Size", a[0], "dims", l)});
-}
-
-Value torch_device(const List& a, const Limits&) {
-  expect_arity("torch.device", a, 1, 2);
-  if (!a[0].is_string()) bad_args("torch.device", "device type is not a string");
-  std::string name = a[0].as_string();
-  if (a.size() == 2 && !a[1].is_none()) {
-    if (!a[1].is_int()) bad_args("torch.device", "device index is not an int");
-    name += ":" + std::to_string(a[1].as_int());
-  }
-  return Value(Device{name});
-}
-
-Value codecs_encode(const List& a, const Limits&) {
-  expect_arity("_codecs.encode", a, 1, 2);
-  if (!a[0].is_string()) bad_args("_codecs.encode", "expects a str");
-  std::string enc = a.size() == 2 && a[1].is_string() ? a[1].as_string() : "utf-8";
-  const std::string& s = a[0].as_string();
-  if (enc == "utf-8" || enc == "utf8") return Value::bytes(s);
-  if (enc != "latin1" && enc != "latin-1" && enc != "iso-8859-1") bad_args("_codecs.encode", "unsupported encoding '" + enc + "'");
-  // str (UTF-8 here) -> one byte per code point, each < 256.
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); ++i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      out += static_cast<char>(c);
-    } else if ((c & 0xE0) == 0xC0 && i + 1 < s.size()) {
-      unsigned cp = ((c & 0x1Fu) << 6) | (static_cast<unsigned char>(s[i + 1]) & 0x3Fu);
-      if (cp > 0xFF) bad_args("_codecs.encode", "character U+" + std::to_string(cp) + " is not latin-1");
-      out += static_cast<char>(cp);
-      ++i;
-    } else {
-      bad_args("_codecs.encode", "string is not latin-1");
-    }
-  }
-  return Value::bytes(std::move(out));
-}
-
-Value builtins_set(const List& a, const Limits&) {
-  expect_arity("set", a, 0, 1);
-  if (a.empty()) return Value::set();
-  if (!a[0].is_list() && !a[0].is_tuple() && a[0].kind() != Value::Kind::Set) bad_args("set", "expects a list");
-  const List& items = a[0].kind() == Value::Kind::Set ? a[0].as_set() : a[0].items();
-  return Value::set(items);
-}
-
-Value builtins_bytearray(const List& a, const Limits&) {
-  expect_arity("bytearray", a, 0, 3);
-  if (a.empty()) return Value::bytearray("");
-  if (a[0].is_bytes()) return Value::bytearray(a[0].as_bytes());
-  if (a[0].is_string() && a.size() >= 2) return Value::bytearray(codecs_encode({a[0], a[1]}, Limits{}).as_bytes());
-  bad_args("bytearray", "unsupported arguments");
-}
-
-Value builtins_complex(const List& a, const Limits&) {
-  expect_arity("complex", a, 0, 2);
-  double re = a.size() > 0 ? a[0].as_float() : 0.0, im = a.size() > 1 ? a[1].as_float() : 0.0;
-  return Value(std::complex<double>(re, im));
-}
-
-Value get_layout(const List& a, const Limits&) {
-  expect_arity("_get_layout", a, 1, 1);
-  if (!a[0].is_string()) bad_args("_get_layout", "expects a string");
-  std::string n = a[0].as_string();
-  if (n.starts_with("torch.")) n = n.substr(6);
-  return Value(Global{"torch", n});
-}
-
-Value rebuild_from_type_v2(const List& a, const Limits& l) {
-  expect_arity("_rebuild_from_type_v2", a, 4, 4);
-  if (a[0].kind() != Value::Kind::Global) bad_args("_rebuild_from_type_v2", "func is not a function");
-  if (!a[2].is_tuple()) bad_args("_rebuild_from_type_v2", "args is not a tuple");
-  const Global& fn = a[0].as_global();
-  if (!is_allowed_global(fn.module, fn.name))
-    throw UnsafeError("_rebuild_from_type_v2 calls '" + fn.qualified() + "', which is not allowed");
-  if (fn.name == "_rebuild_from_type_v2") bad_args("_rebuild_from_type_v2", "nested type rebuilds are not supported");
-  Value r = call_torch_global(fn, a[2].as_tuple(), l);
-  if (a[1].kind() == Value::Kind::Global && r.is_tensor()) {
-    const Global& type = a[1].as_global();
-    if (type.module == "torch.nn.parameter" && type.name == "Parameter") r.as_tensor().set_is_parameter(true);
-  }
-  return r;
+  if (r.is_object()) return r;  // an inert call (inspection)
+  bad_args(fn, func.qualified() + " did not rebuild a tensor");
 }
 
 template <const char* What>
-Value unsupported(const List&, const Limits&) {
+Value unsupported(const List&, CallContext&) {
   throw UnsupportedError(std::string(What) + " are not supported yet");
 }
 constexpr char kQuantized[] = "quantized tensors";
@@ -221,23 +161,161 @@ constexpr char kSparse[] = "sparse tensors";
 constexpr char kNested[] = "nested tensors";
 constexpr char kMeta[] = "meta tensors without storage";
 constexpr char kSubclass[] = "tensor subclasses without storage (wrapper subclasses)";
-constexpr char kDevice[] = "device tensors rebuilt from numpy / CPU copies";
+constexpr char kDevice[] = "device tensors rebuilt from numpy arrays or CPU copies";
 
-struct Entry {
+// ---------------------------------------------------------------- other values
+
+// collections.OrderedDict() / OrderedDict([(k, v), ...]) / OrderedDict(dict)
+Value ordered_dict(const List& a, CallContext& ctx) {
+  expect_arity("OrderedDict", a, 0, 1);
+  Value d = Value::ordered_dict();
+  if (a.empty()) return d;
+  if (a[0].is_dict()) {
+    for (const auto& [k, v] : a[0].as_dict()) d.as_dict().set(k, v);
+    return d;
+  }
+  if (!a[0].is_list() && !a[0].is_tuple()) bad_args("OrderedDict", "expects a list of pairs, got a " + kind_of(a[0]));
+  for (const auto& kv : a[0].items()) {
+    if ((!kv.is_tuple() && !kv.is_list()) || kv.items().size() != 2) bad_args("OrderedDict", "items must be pairs");
+    const List& p = kv.items();
+    ctx.check_key(p[0]);
+    d.as_dict().set(p[0], p[1]);
+  }
+  return d;
+}
+
+// collections.Counter(dict): kept as a plain dict.
+Value counter(const List& a, CallContext&) {
+  expect_arity("Counter", a, 0, 1);
+  Value d = Value::dict();
+  if (a.size() == 1) {
+    if (!a[0].is_dict()) bad_args("Counter", "expects a dict, got a " + kind_of(a[0]));
+    for (const auto& [k, v] : a[0].as_dict()) d.as_dict().set(k, v);
+  }
+  return d;
+}
+
+// torch.Size((d0, d1, ...))
+Value torch_size(const List& a, CallContext& ctx) {
+  expect_arity("torch.Size", a, 0, 1);
+  return Value(Size{a.empty() ? std::vector<int64_t>{} : int_sequence("torch.Size", a[0], "dims", ctx.limits())});
+}
+
+// torch.device('cuda', 0) / torch.device('cuda:0') / torch.device('cpu')
+Value torch_device(const List& a, CallContext&) {
+  expect_arity("torch.device", a, 1, 2);
+  if (!a[0].is_string() || a[0].as_string().empty()) bad_args("torch.device", "device type is not a string");
+  std::string name = a[0].as_string();
+  if (a.size() == 2 && !a[1].is_none()) {
+    if (!a[1].is_int() || a[1].as_int() < 0) bad_args("torch.device", "device index is not a non-negative int");
+    if (name.find(':') != std::string::npos) bad_args("torch.device", "device '" + name + "' already has an index");
+    name += ":" + std::to_string(a[1].as_int());
+  }
+  return Value(Device{name});
+}
+
+std::string normalized_encoding(std::string e) {
+  for (char& c : e) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c == '_') c = '-';
+  }
+  return e;
+}
+
+// _codecs.encode(str, encoding='utf-8', errors='strict'): protocol 2 writes
+// bytes as encode(latin-1 decoded str, 'latin1').
+std::string encode(std::string_view fn, const List& a) {
+  if (!a[0].is_string()) bad_args(fn, "expects a str, got a " + kind_of(a[0]));
+  if (a.size() > 1 && !a[1].is_string()) bad_args(fn, "encoding is a " + kind_of(a[1]) + ", not a str");
+  if (a.size() > 2 && (!a[2].is_string() || a[2].as_string() != "strict"))
+    bad_args(fn, "only errors='strict' is supported");
+  const std::string enc = a.size() > 1 ? normalized_encoding(a[1].as_string()) : "utf-8";
+  const std::string& s = a[0].as_string();
+  if (enc == "utf-8" || enc == "utf8") {
+    if (!utf8::valid(s)) bad_args(fn, "string is not valid UTF-8");
+    return s;
+  }
+  uint32_t max;
+  if (enc == "latin1" || enc == "latin-1" || enc == "iso-8859-1" || enc == "iso8859-1" || enc == "l1") {
+    max = 0xFF;
+  } else if (enc == "ascii" || enc == "us-ascii") {
+    max = 0x7F;
+  } else {
+    bad_args(fn, "unsupported encoding '" + a[1].as_string() + "'");
+  }
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  uint32_t cp = 0;
+  while (i < s.size()) {
+    if (!utf8::next(s, i, cp)) bad_args(fn, "string is not valid UTF-8");
+    if (cp > max) bad_args(fn, "character U+" + std::to_string(cp) + " cannot be encoded as " + a[1].as_string());
+    out += static_cast<char>(cp);
+  }
+  return out;
+}
+
+Value codecs_encode(const List& a, CallContext&) {
+  expect_arity("_codecs.encode", a, 1, 3);
+  return Value::bytes(encode("_codecs.encode", a));
+}
+
+// builtins.set() / set(iterable)
+Value builtins_set(const List& a, CallContext& ctx) {
+  expect_arity("set", a, 0, 1);
+  Value s = Value::set();
+  if (a.empty()) return s;
+  const List* items = nullptr;
+  if (a[0].is_list() || a[0].is_tuple()) items = &a[0].items();
+  else if (a[0].kind() == Value::Kind::Set) items = &a[0].as_set();
+  else bad_args("set", "expects a list, got a " + kind_of(a[0]));
+  for (const auto& x : *items) ctx.set_add(s, x);
+  return s;
+}
+
+// builtins.bytearray() / bytearray(bytes) / bytearray(str, encoding[, errors])
+Value builtins_bytearray(const List& a, CallContext&) {
+  expect_arity("bytearray", a, 0, 3);
+  if (a.empty()) return Value::bytearray("");
+  if (a.size() == 1 && a[0].is_bytes()) return Value::bytearray(a[0].as_bytes());
+  if (a[0].is_string() && a.size() >= 2) return Value::bytearray(encode("bytearray", a));
+  bad_args("bytearray", "expects bytes, or a str and an encoding");
+}
+
+// builtins.complex(real, imag)
+Value builtins_complex(const List& a, CallContext&) {
+  expect_arity("complex", a, 0, 2);
+  for (const auto& x : a)
+    if (!x.is_int() && !x.is_bool() && !x.is_float()) bad_args("complex", "expects numbers, got a " + kind_of(x));
+  double re = a.size() > 0 ? a[0].as_float() : 0.0, im = a.size() > 1 ? a[1].as_float() : 0.0;
+  return Value(std::complex<double>(re, im));
+}
+
+// torch.serialization._get_layout('torch.sparse_coo') -> the layout, as a Global.
+Value get_layout(const List& a, CallContext&) {
+  expect_arity("_get_layout", a, 1, 1);
+  if (!a[0].is_string()) bad_args("_get_layout", "expects a str, got a " + kind_of(a[0]));
+  std::string_view n = a[0].as_string();
+  if (!n.starts_with("torch.") || n.size() == 6 || n.find('.', 6) != std::string_view::npos)
+    bad_args("_get_layout", "'" + std::string(n) + "' is not a torch layout");
+  return Value(Global{"torch", std::string(n.substr(6))});
+}
+
+// ---------------------------------------------------------------- the tables
+
+struct Native {
   std::string_view module;
   std::string_view name;
-  Fn fn;  // null: allowed as a value, not callable
+  Fn fn;
 };
 
-// torch 2.x `_get_allowed_globals()` (torch/_weights_only_unpickler.py), minus
-// the generated families (dtypes, storage and tensor classes) handled below.
-constexpr std::array<Entry, 27> kTable = {{
+// Allowed globals that can be called (REDUCE / NEWOBJ / INST / OBJ).
+constexpr std::array<Native, 23> kNatives = {{
     {"collections", "OrderedDict", ordered_dict},
     {"collections", "Counter", counter},
     {"torch.nn.parameter", "Parameter", parameter_new},
     {"torch.serialization", "_get_layout", get_layout},
     {"torch", "Size", torch_size},
-    {"torch", "Tensor", nullptr},
     {"torch", "device", torch_device},
     {"_codecs", "encode", codecs_encode},
     {"builtins", "bytearray", builtins_bytearray},
@@ -256,18 +334,39 @@ constexpr std::array<Entry, 27> kTable = {{
     {"torch._utils", "_rebuild_device_tensor_from_numpy", unsupported<kDevice>},
     {"torch._utils", "_rebuild_device_tensor_from_cpu_tensor", unsupported<kDevice>},
     {"torch._tensor", "_rebuild_from_type_v2", rebuild_from_type_v2},
-    {"torch.storage", "UntypedStorage", nullptr},
-    {"torch.storage", "TypedStorage", nullptr},
-    {"torch", "UntypedStorage", nullptr},
+}};
+
+// Allowed globals that are only values (type arguments, pid storage classes).
+constexpr std::array<std::pair<std::string_view, std::string_view>, 5> kValues = {{
+    {"torch", "Tensor"},
+    {"torch.storage", "UntypedStorage"},
+    {"torch.storage", "TypedStorage"},
+    {"torch", "UntypedStorage"},
+    {"torch", "bcomplex32"},  // a torch 2.x dtype ckpt does not model
 }};
 
 constexpr std::string_view kQSchemes[] = {"per_tensor_affine", "per_tensor_symmetric", "per_channel_affine",
                                           "per_channel_symmetric", "per_channel_affine_float_qparams"};
 
-const Entry* find_entry(std::string_view module, std::string_view name) {
-  for (const auto& e : kTable)
+// torch._tensor_classes: <prefix>Tensor in torch / torch.cuda, and all but
+// Bool in torch.sparse / torch.cuda.sparse.
+constexpr std::string_view kTensorClassPrefixes[] = {"Double", "Float", "Half",  "BFloat16", "Long",
+                                                     "Int",    "Short", "Char",  "Byte",     "Bool"};
+
+const Native* find_native(std::string_view module, std::string_view name) {
+  for (const auto& e : kNatives)
     if (e.module == module && e.name == name) return &e;
   return nullptr;
+}
+
+bool is_tensor_class(std::string_view module, std::string_view name) {
+  const bool dense = module == "torch" || module == "torch.cuda";
+  const bool sparse = module == "torch.sparse" || module == "torch.cuda.sparse";
+  if ((!dense && !sparse) || !name.ends_with("Tensor")) return false;
+  name.remove_suffix(6);
+  for (auto p : kTensorClassPrefixes)
+    if (p == name) return dense || p != "Bool";
+  return false;
 }
 
 bool is_small_int_dtype(std::string_view name) {  // torch.int1..int7, torch.uint1..uint7
@@ -275,7 +374,55 @@ bool is_small_int_dtype(std::string_view name) {  // torch.int1..int7, torch.uin
   return rest.size() == 1 && rest[0] >= '1' && rest[0] <= '7';
 }
 
+// torch._utils.IMPORT_MAPPING / NAME_MAPPING (copies of CPython's
+// _compat_pickle tables that the weights-only unpickler applies).
+struct NameMapping {
+  std::string_view from_module, from_name, to_module, to_name;
+};
+constexpr NameMapping kNameMapping[] = {
+    {"__builtin__", "xrange", "builtins", "range"},
+    {"__builtin__", "reduce", "functools", "reduce"},
+    {"__builtin__", "intern", "sys", "intern"},
+    {"__builtin__", "unichr", "builtins", "chr"},
+    {"__builtin__", "unicode", "builtins", "str"},
+    {"__builtin__", "long", "builtins", "int"},
+    {"itertools", "izip", "builtins", "zip"},
+    {"itertools", "imap", "builtins", "map"},
+    {"itertools", "ifilter", "builtins", "filter"},
+    {"itertools", "ifilterfalse", "itertools", "filterfalse"},
+    {"itertools", "izip_longest", "itertools", "zip_longest"},
+    {"UserDict", "IterableUserDict", "collections", "UserDict"},
+    {"UserList", "UserList", "collections", "UserList"},
+    {"UserString", "UserString", "collections", "UserString"},
+    {"__builtin__", "basestring", "builtins", "str"},
+    {"exceptions", "StandardError", "builtins", "Exception"},
+    {"UserDict", "UserDict", "collections", "UserDict"},
+};
+constexpr std::pair<std::string_view, std::string_view> kImportMapping[] = {
+    {"__builtin__", "builtins"}, {"copy_reg", "copyreg"},   {"Queue", "queue"},
+    {"repr", "reprlib"},         {"_abcoll", "collections.abc"}, {"UserDict", "collections"},
+    {"UserList", "collections"}, {"UserString", "collections"},  {"whichdb", "dbm"},
+    {"StringIO", "io"},          {"cStringIO", "io"},
+    {"torch.tensor", "torch._tensor"},  // torch.serialization's load_module_mapping
+};
+
 }  // namespace
+
+void map_global_name(std::string& module, std::string& name) {
+  for (const auto& m : kNameMapping) {
+    if (m.from_module == module && m.from_name == name) {
+      module = m.to_module;
+      name = m.to_name;
+      return;
+    }
+  }
+  for (const auto& [from, to] : kImportMapping) {
+    if (from == module) {
+      module = to;
+      return;
+    }
+  }
+}
 
 bool is_blocked_module(std::string_view module) {
   return module == "sys" || module == "os" || module == "posix" || module == "nt";
@@ -283,13 +430,15 @@ bool is_blocked_module(std::string_view module) {
 
 bool is_allowed_global(std::string_view module, std::string_view name) {
   if (is_blocked_module(module)) return false;
-  if (find_entry(module, name)) return true;
-  if (module == "torch" || module == "torch.cuda") {
-    if (name.find("Storage") != std::string_view::npos) return dtype_from_storage_name(name).has_value();
-    if (name.size() > 6 && name.ends_with("Tensor")) return true;  // torch._tensor_classes
-  }
+  if (find_native(module, name)) return true;
+  for (const auto& [m, n] : kValues)
+    if (m == module && n == name) return true;
+  if (is_tensor_class(module, name)) return true;
+  if ((module == "torch" || module == "torch.cuda" || module == "torch.storage") &&
+      name.find("Storage") != std::string_view::npos)
+    return dtype_from_storage_name(name).has_value();
   if (module == "torch") {
-    if (dtype_from_name(name) && name == ckpt::name(*dtype_from_name(name))) return true;
+    if (name.find('.') == std::string_view::npos && dtype_from_name(name)) return true;
     if (is_small_int_dtype(name)) return true;
     for (auto q : kQSchemes)
       if (q == name) return true;
@@ -297,11 +446,12 @@ bool is_allowed_global(std::string_view module, std::string_view name) {
   return false;
 }
 
-Value call_torch_global(const Global& g, const List& args, const Limits& limits) {
-  const Entry* e = find_entry(g.module, g.name);
-  if (e == nullptr || e->fn == nullptr)
-    throw UnsupportedError("calling '" + g.qualified() + "' is not supported (it is allowed only as a value)");
-  return e->fn(args, limits);
+bool is_callable_global(const Global& g) { return find_native(g.module, g.name) != nullptr; }
+
+Value call_torch_global(const Global& g, const List& args, CallContext& ctx) {
+  const Native* e = find_native(g.module, g.name);
+  if (e == nullptr) throw UnsupportedError("calling '" + g.qualified() + "' is not supported");
+  return e->fn(args, ctx);
 }
 
 }  // namespace ckpt::pickle

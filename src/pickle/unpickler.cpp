@@ -1,15 +1,31 @@
+// The safe pickle VM. See unpickler.hpp for what it guarantees.
+//
+// Layout of this file: constants and text helpers; the Machine (reading,
+// stack and memo, globals and calls, containers, persistent ids, the loop);
+// the result check that makes the output acyclic and shallow; the public
+// functions.
+//
+// Memory safety against hostile input rests on three rules:
+//  - every length is compared with the bytes that remain (and with Limits)
+//    before anything is allocated or read;
+//  - every container the VM creates is kept in `arena_`, so that on any error
+//    (and for garbage on success) the VM can empty them all one by one: a
+//    cycle or a 10-million-deep chain is then destroyed without recursion;
+//  - nothing recursive runs on a value before its depth is known to be within
+//    Limits::max_depth (dict keys and set items are walked iteratively before
+//    they are hashed; the result is checked once, iteratively, at STOP).
 #include "pickle/unpickler.hpp"
 
 #include <algorithm>
 #include <charconv>
-#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "ckpt/error.hpp"
-#include "core/checked.hpp"
 #include "pickle/torch_globals.hpp"
+#include "pickle/utf8.hpp"
 
 namespace ckpt::pickle {
 namespace {
@@ -30,49 +46,229 @@ enum Op : uint8_t {
   BYTEARRAY8 = 0x96, NEXT_BUFFER = 0x97, READONLY_BUFFER = 0x98,
 };
 
-constexpr size_t kMaxLineLength = 1 << 16;  // text-opcode arguments (GLOBAL names, INT literals)
-
-bool valid_utf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
-    i += n;
+const char* op_name(uint8_t op) {
+  switch (op) {
+    case MARK: return "MARK";
+    case STOP: return "STOP";
+    case POP: return "POP";
+    case POP_MARK: return "POP_MARK";
+    case DUP: return "DUP";
+    case FLOAT: return "FLOAT";
+    case INT: return "INT";
+    case BININT: return "BININT";
+    case BININT1: return "BININT1";
+    case LONG: return "LONG";
+    case BININT2: return "BININT2";
+    case NONE: return "NONE";
+    case PERSID: return "PERSID";
+    case BINPERSID: return "BINPERSID";
+    case REDUCE: return "REDUCE";
+    case STRING: return "STRING";
+    case BINSTRING: return "BINSTRING";
+    case SHORT_BINSTRING: return "SHORT_BINSTRING";
+    case UNICODE: return "UNICODE";
+    case BINUNICODE: return "BINUNICODE";
+    case APPEND: return "APPEND";
+    case BUILD: return "BUILD";
+    case GLOBAL: return "GLOBAL";
+    case DICT: return "DICT";
+    case EMPTY_DICT: return "EMPTY_DICT";
+    case APPENDS: return "APPENDS";
+    case GET: return "GET";
+    case BINGET: return "BINGET";
+    case INST: return "INST";
+    case LONG_BINGET: return "LONG_BINGET";
+    case LIST: return "LIST";
+    case EMPTY_LIST: return "EMPTY_LIST";
+    case OBJ: return "OBJ";
+    case PUT: return "PUT";
+    case BINPUT: return "BINPUT";
+    case LONG_BINPUT: return "LONG_BINPUT";
+    case SETITEM: return "SETITEM";
+    case TUPLE: return "TUPLE";
+    case EMPTY_TUPLE: return "EMPTY_TUPLE";
+    case SETITEMS: return "SETITEMS";
+    case BINFLOAT: return "BINFLOAT";
+    case PROTO: return "PROTO";
+    case NEWOBJ: return "NEWOBJ";
+    case EXT1: return "EXT1";
+    case EXT2: return "EXT2";
+    case EXT4: return "EXT4";
+    case TUPLE1: return "TUPLE1";
+    case TUPLE2: return "TUPLE2";
+    case TUPLE3: return "TUPLE3";
+    case NEWTRUE: return "NEWTRUE";
+    case NEWFALSE: return "NEWFALSE";
+    case LONG1: return "LONG1";
+    case LONG4: return "LONG4";
+    case BINBYTES: return "BINBYTES";
+    case SHORT_BINBYTES: return "SHORT_BINBYTES";
+    case SHORT_BINUNICODE: return "SHORT_BINUNICODE";
+    case BINUNICODE8: return "BINUNICODE8";
+    case BINBYTES8: return "BINBYTES8";
+    case EMPTY_SET: return "EMPTY_SET";
+    case ADDITEMS: return "ADDITEMS";
+    case FROZENSET: return "FROZENSET";
+    case NEWOBJ_EX: return "NEWOBJ_EX";
+    case STACK_GLOBAL: return "STACK_GLOBAL";
+    case MEMOIZE: return "MEMOIZE";
+    case FRAME: return "FRAME";
+    case BYTEARRAY8: return "BYTEARRAY8";
+    case NEXT_BUFFER: return "NEXT_BUFFER";
+    case READONLY_BUFFER: return "READONLY_BUFFER";
+    default: return "?";
   }
-  return true;
 }
 
-// Python 2 module names that pickles written by Python 2 use (pickle's _compat_pickle).
-void map_py2_names(std::string& module, std::string& name) {
-  if (module == "__builtin__") {
-    module = "builtins";
-    if (name == "unicode") name = "str";
-    else if (name == "long") name = "int";
-    else if (name == "xrange") name = "range";
-  } else if (module == "copy_reg") {
-    module = "copyreg";
-  } else if (module == "torch.tensor") {
-    module = "torch._tensor";
+// ---------------------------------------------------------------- limits
+
+// Python refuses to convert decimal strings of more digits than this to int
+// (sys.int_info.default_max_str_digits, 3.11+). The same bound keeps the
+// quadratic decimal-to-binary conversion of INT/LONG arguments cheap.
+constexpr size_t kMaxDecimalDigits = 4300;
+
+// Hashing a dict key or set item walks it (tuples nest, and a memo lets a
+// small pickle build t1 = (t0, t0), t2 = (t1, t1), ... whose walk is
+// exponential). The walks of one pickle may visit at most this many values,
+// plus kKeyWorkPerByte per byte of input: real keys cost one or a few each.
+constexpr uint64_t kKeyWorkBase = uint64_t{1} << 20;
+constexpr uint64_t kKeyWorkPerByte = 16;
+
+// Untrusted text quoted in error messages is cut to this many bytes.
+constexpr size_t kMaxQuoted = 60;
+
+// ---------------------------------------------------------------- text helpers
+
+std::string hex_byte(uint8_t b) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "0x%02x", b);
+  return buf;
+}
+
+// 'text' with non-printable bytes escaped, shortened when long.
+std::string quote(std::string_view s) {
+  std::string out = "'";
+  for (size_t i = 0; i < s.size() && i < kMaxQuoted; ++i) {
+    auto c = static_cast<uint8_t>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
+      out += static_cast<char>(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  if (s.size() > kMaxQuoted) out += "...";
+  return out + "'";
+}
+
+std::string kind_of(const Value& v) { return std::string(v.kind_name()); }
+
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Python truthiness, for BUILD's `if state:` / `if slotstate:`.
+bool truthy(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::None: return false;
+    case Value::Kind::Bool: return v.as_bool();
+    case Value::Kind::Int: return v.as_int() != 0;
+    case Value::Kind::Float: return v.as_float() != 0.0;
+    case Value::Kind::Complex: return v.as_complex() != std::complex<double>{};
+    case Value::Kind::String: return !v.as_string().empty();
+    case Value::Kind::Bytes: return !v.as_bytes().empty();
+    case Value::Kind::List:
+    case Value::Kind::Tuple: return !v.items().empty();
+    case Value::Kind::Set: return !v.as_set().empty();
+    case Value::Kind::Dict: return !v.as_dict().empty();
+    default: return true;
+  }
+}
+
+// Calls f(child) for each value held by the container `v` (none for leaves).
+template <typename F>
+void for_each_child(const Value& v, F&& f) {
+  switch (v.kind()) {
+    case Value::Kind::List:
+    case Value::Kind::Tuple:
+      for (const auto& c : v.items()) f(c);
+      break;
+    case Value::Kind::Set:
+      for (const auto& c : v.as_set()) f(c);
+      break;
+    case Value::Kind::Dict:
+      for (const auto& [k, val] : v.as_dict()) {
+        f(k);
+        f(val);
+      }
+      f(v.as_dict().attributes);
+      break;
+    case Value::Kind::Object: {
+      const Object& o = v.as_object();
+      f(o.args);
+      f(o.kwargs);
+      f(o.state);
+      for (const auto& c : o.list_items) f(c);
+      for (const auto& [k, val] : o.dict_items) {
+        f(k);
+        f(val);
+      }
+      break;
+    }
+    default: break;
+  }
+}
+
+// Drops every value a container holds (its own children only).
+void empty_container(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::List:
+    case Value::Kind::Tuple: v.items().clear(); break;
+    case Value::Kind::Set: v.as_set().clear(); break;
+    case Value::Kind::Dict:
+      v.as_dict().clear();
+      v.as_dict().attributes = Value();
+      break;
+    case Value::Kind::Object: {
+      Object& o = v.as_object();
+      o.args = Value();
+      o.kwargs = Value();
+      o.state = Value();
+      o.list_items.clear();
+      o.dict_items.clear();
+      break;
+    }
+    default: break;
   }
 }
 
 // ---------------------------------------------------------------- the machine
 
-class Machine {
+class Machine final : public CallContext {
  public:
-  Machine(std::span<const std::byte> data, const Options& opts) : data_(data), opts_(opts) {}
+  Machine(std::span<const std::byte> data, const Options& opts)
+      : data_(data),
+        opts_(opts),
+        key_budget_(kKeyWorkBase + kKeyWorkPerByte * static_cast<uint64_t>(data.size())) {}
+
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
+  ~Machine() override { dismantle(); }
 
   Value run(size_t* consumed) {
     try {
       Value v = loop();
-      if (consumed) *consumed = pos_;
       check_result(v);
+      if (consumed) *consumed = pos_;
       return v;
     } catch (Error& e) {
-      e.add_context(ErrorContext{opts_.file, opts_.record, op_offset_});
+      e.add_context(where());
       dismantle();
       throw;
     } catch (...) {
@@ -81,84 +277,174 @@ class Machine {
     }
   }
 
+  // ---- CallContext (for the native implementations of allowed globals)
+  const Limits& limits() const override { return opts_.limits; }
+
+  void check_key(const Value& key) override {
+    // Fast path: the common str / int key.
+    if (key.kind() != Value::Kind::Tuple) {
+      charge_key_work();
+      if (!key.hashable()) fail("unhashable " + kind_of(key) + " used as a dict key or set item");
+      return;
+    }
+    key_walk_.clear();
+    key_walk_.push_back({&key, 1});
+    while (!key_walk_.empty()) {
+      auto [v, depth] = key_walk_.back();
+      key_walk_.pop_back();
+      charge_key_work();
+      switch (v->kind()) {
+        case Value::Kind::List:
+        case Value::Kind::Dict:
+        case Value::Kind::Set:
+          fail("unhashable " + kind_of(*v) + " used as a dict key or set item");
+        case Value::Kind::Tuple:
+          if (depth > opts_.limits.max_depth) too_deep();
+          for (const auto& c : v->items()) key_walk_.push_back({&c, depth + 1});
+          break;
+        default: break;
+      }
+    }
+  }
+
+  void set_add(Value& set, Value item) override {
+    check_key(item);
+    List& items = set.as_set();
+    auto [it, fresh] = set_index_.try_emplace(set.container_id());
+    auto& index = it->second;
+    if (fresh)
+      for (size_t i = 0; i < items.size(); ++i) index.emplace(items[i].hash(), i);
+    const size_t h = item.hash();
+    auto [lo, hi] = index.equal_range(h);
+    for (auto i = lo; i != hi; ++i)
+      if (items[i->second] == item) return;  // Python keeps the first of equal items
+    index.emplace(h, items.size());
+    items.push_back(std::move(item));
+  }
+
+  Value call(const Value& callable, Value args) override {
+    call_event(Event::Kind::reduce, callable);
+    return invoke(callable, std::move(args), "REDUCE", Value());
+  }
+
  private:
   std::span<const std::byte> data_;
   const Options& opts_;
   size_t pos_ = 0;
   uint64_t op_offset_ = 0;
   std::vector<Value> stack_;
-  std::vector<size_t> marks_;  // stack heights at each MARK
-  std::unordered_map<uint64_t, Value> memo_;
-  std::vector<Value> arena_;  // every container created, to dismantle without recursion
+  std::vector<size_t> marks_;  // stack heights at each open MARK (the metastack), O(1) per MARK
+  std::unordered_map<uint64_t, Value> memo_;  // a map: indices come from the file
+  std::vector<Value> arena_;  // every container the VM created, to empty them without recursion
+  // Containers returned by persistent_load: not ours to change or empty. The
+  // values are kept so that their addresses stay theirs for the whole run.
+  std::unordered_set<const void*> foreign_;
+  std::vector<Value> foreign_values_;
+  std::unordered_map<const void*, std::unordered_multimap<size_t, size_t>> set_index_;  // set -> hash -> position
+  std::vector<std::pair<const Value*, size_t>> key_walk_;
+  uint64_t key_work_ = 0;
+  const uint64_t key_budget_;
 
   // ---- errors
-  [[noreturn]] void fail(const std::string& msg) const {
-    throw FormatError(msg, ErrorContext{opts_.file, opts_.record, op_offset_});
+  ErrorContext where() const { return ErrorContext{opts_.file, opts_.record, op_offset_}; }
+  [[noreturn]] void fail(const std::string& msg) const { throw FormatError(msg, where()); }
+  [[noreturn]] void too_deep() const {
+    throw LimitError("nesting deeper than " + std::to_string(opts_.limits.max_depth) +
+                         " levels (lists, tuples, dicts, sets and objects inside each other)",
+                     where());
+  }
+  [[noreturn]] void unsafe(const std::string& msg) const { throw UnsafeError(msg, where()); }
+  bool inspecting() const { return opts_.policy == GlobalPolicy::inspect; }
+
+  void charge_key_work() {
+    if (++key_work_ > key_budget_)
+      throw LimitError("dict keys and set items are too large to hash (more than " + std::to_string(key_budget_) +
+                           " values walked in all)",
+                       where());
   }
 
   // ---- reading
   size_t remaining() const { return data_.size() - pos_; }
   void need(uint64_t n, const char* what) const {
     if (n > remaining())
-      throw FormatError(std::string("pickle is truncated: ") + what + " needs " + std::to_string(n) +
-                            " bytes, " + std::to_string(remaining()) + " remain",
-                        ErrorContext{opts_.file, opts_.record, op_offset_});
+      fail(std::string("pickle is truncated: ") + what + " needs " + std::to_string(n) + " bytes, only " +
+           std::to_string(remaining()) + " remain");
   }
-  uint8_t u8() {
-    need(1, "opcode argument");
+  const char* at() const { return reinterpret_cast<const char*>(data_.data()) + pos_; }
+  uint8_t u8(const char* what) {
+    need(1, what);
     return static_cast<uint8_t>(data_[pos_++]);
   }
-  uint64_t uint_le(size_t n) {
-    need(n, "integer argument");
+  uint64_t uint_le(size_t n, const char* what) {
+    need(n, what);
     uint64_t v = 0;
     for (size_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(data_[pos_ + i])) << (8 * i);
     pos_ += n;
     return v;
   }
+  // `n` bytes of string data: checked against what remains first, then the limit.
   std::string_view take(uint64_t n, const char* what) {
+    if (n > remaining())
+      fail(std::string("pickle is truncated: ") + what + " of " + std::to_string(n) + " bytes, but only " +
+           std::to_string(remaining()) + " remain");
     if (n > opts_.limits.max_string)
       throw LimitError(std::string(what) + " of " + std::to_string(n) + " bytes passes the limit of " +
-                           std::to_string(opts_.limits.max_string),
-                       ErrorContext{opts_.file, opts_.record, op_offset_});
-    need(n, what);
-    std::string_view s(reinterpret_cast<const char*>(data_.data() + pos_), static_cast<size_t>(n));
+                           std::to_string(opts_.limits.max_string) + " bytes",
+                       where());
+    std::string_view s(at(), static_cast<size_t>(n));
     pos_ += static_cast<size_t>(n);
     return s;
   }
-  std::string_view line() {
-    const char* begin = reinterpret_cast<const char*>(data_.data() + pos_);
-    size_t max = std::min(remaining(), kMaxLineLength);
-    const void* nl = std::memchr(begin, '\n', max);
-    if (nl == nullptr) fail(remaining() > kMaxLineLength ? "text argument is too long" : "pickle is truncated inside a text argument");
-    size_t n = static_cast<size_t>(static_cast<const char*>(nl) - begin);
+  // A text argument up to (not including) '\n', as Python's readline()[:-1].
+  std::string_view line(const char* what) {
+    const uint64_t max = opts_.limits.max_string;
+    const uint64_t window = max >= remaining() ? remaining() : max + 1;
+    const void* nl = std::memchr(at(), '\n', static_cast<size_t>(window));
+    if (nl == nullptr) {
+      if (window < remaining())
+        throw LimitError(std::string(what) + " text argument passes the limit of " +
+                             std::to_string(opts_.limits.max_string) + " bytes",
+                         where());
+      fail(std::string("pickle is truncated: no newline ends the ") + what + " argument");
+    }
+    const size_t n = static_cast<size_t>(static_cast<const char*>(nl) - at());
+    std::string_view s(at(), n);
     pos_ += n + 1;
-    std::string_view s(begin, n);
-    if (!s.empty() && s.back() == '\r') s.remove_suffix(1);
     return s;
+  }
+  std::string name_line(const char* what) {
+    std::string_view s = line(what);
+    if (s.empty()) fail(std::string(what) + " names an empty module or attribute");
+    if (!utf8::valid(s)) fail(std::string(what) + " name " + quote(s) + " is not valid UTF-8");
+    return std::string(s);
   }
 
   // ---- stack
   void push(Value v) {
     if (stack_.size() + marks_.size() >= opts_.limits.max_stack)
-      throw LimitError("pickle stack passes " + std::to_string(opts_.limits.max_stack) + " entries",
-                       ErrorContext{opts_.file, opts_.record, op_offset_});
+      throw LimitError("pickle stack passes " + std::to_string(opts_.limits.max_stack) + " entries", where());
     stack_.push_back(std::move(v));
   }
-  Value pop() {
-    if (stack_.size() <= base()) fail("stack underflow");
+  size_t base() const { return marks_.empty() ? 0 : marks_.back(); }
+  [[noreturn]] void underflow(uint8_t op) const {
+    fail(std::string(op_name(op)) + (stack_.size() == base() && !marks_.empty()
+                                         ? " needs a value, but the stack is empty since the last MARK"
+                                         : " needs a value, but the stack is empty"));
+  }
+  Value pop(uint8_t op) {
+    if (stack_.size() <= base()) underflow(op);
     Value v = std::move(stack_.back());
     stack_.pop_back();
     return v;
   }
-  Value& top() {
-    if (stack_.size() <= base()) fail("stack underflow");
+  Value& top(uint8_t op) {
+    if (stack_.size() <= base()) underflow(op);
     return stack_.back();
   }
-  size_t base() const { return marks_.empty() ? 0 : marks_.back(); }
   // Pops everything above the last MARK, and the mark.
-  List pop_mark() {
-    if (marks_.empty()) fail("MARK expected but none is open");
-    size_t m = marks_.back();
+  List pop_mark(uint8_t op) {
+    if (marks_.empty()) fail(std::string(op_name(op)) + " needs a MARK, but none is open");
+    const size_t m = marks_.back();
     marks_.pop_back();
     List items(std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(m)),
                std::make_move_iterator(stack_.end()));
@@ -169,292 +455,427 @@ class Machine {
     if (v.container_id() != nullptr) arena_.push_back(v);
     return v;
   }
+  Value new_tuple(List items) { return track(Value::tuple(std::move(items))); }
 
   // ---- memo
-  void memo_put(uint64_t index) {
-    if (stack_.size() <= base()) fail("memo store with an empty stack");
-    if (memo_.size() >= opts_.limits.max_memo && !memo_.count(index))
-      throw LimitError("pickle memo passes " + std::to_string(opts_.limits.max_memo) + " entries",
-                       ErrorContext{opts_.file, opts_.record, op_offset_});
-    memo_[index] = stack_.back();
+  void memo_put(uint64_t index, uint8_t op) {
+    if (stack_.size() <= base()) underflow(op);
+    auto it = memo_.find(index);
+    if (it != memo_.end()) {
+      it->second = stack_.back();
+      return;
+    }
+    if (memo_.size() >= opts_.limits.max_memo)
+      throw LimitError("pickle memo passes " + std::to_string(opts_.limits.max_memo) + " entries", where());
+    memo_.emplace(index, stack_.back());
   }
   void memo_get(uint64_t index) {
     auto it = memo_.find(index);
     if (it == memo_.end()) fail("memo entry " + std::to_string(index) + " is read before it is stored");
     push(it->second);
   }
-  uint64_t decimal(std::string_view s, const char* what) {
+  uint64_t memo_index(std::string_view s, const char* what) {
     uint64_t v = 0;
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (ec != std::errc() || p != s.data() + s.size()) fail(std::string("malformed ") + what + " '" + std::string(s) + "'");
+    if (s.empty() || !is_digit(s[0]) || ec != std::errc() || p != s.data() + s.size())
+      fail(std::string("malformed ") + what + " index " + quote(s));
     return v;
   }
 
+  // ---- numbers
+  // Two's complement little-endian bytes (LONG1 / LONG4): int64 when it fits,
+  // else a BigInt in minimal form.
+  static Value int_from_le(std::string_view bytes) {
+    size_t n = bytes.size();
+    const auto b = [&](size_t i) { return static_cast<uint8_t>(bytes[i]); };
+    // Drop redundant sign bytes.
+    while (n > 1 && ((b(n - 1) == 0 && !(b(n - 2) & 0x80)) || (b(n - 1) == 0xff && (b(n - 2) & 0x80)))) --n;
+    if (n == 0) return Value(int64_t{0});
+    if (n <= 8) {
+      uint64_t v = 0;
+      for (size_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(b(i)) << (8 * i);
+      if (n < 8 && (b(n - 1) & 0x80)) v |= ~uint64_t{0} << (8 * n);  // sign-extend
+      return Value(static_cast<int64_t>(v));
+    }
+    BigInt big;
+    big.bytes.assign(reinterpret_cast<const uint8_t*>(bytes.data()), reinterpret_cast<const uint8_t*>(bytes.data()) + n);
+    return Value(std::move(big));
+  }
+
+  // Decimal text of INT / LONG (optional sign; LONG may end in 'L').
+  Value parse_int(std::string_view s, const char* what) {
+    std::string_view digits = s;
+    bool neg = false;
+    if (!digits.empty() && (digits[0] == '-' || digits[0] == '+')) {
+      neg = digits[0] == '-';
+      digits.remove_prefix(1);
+    }
+    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), is_digit))
+      fail(std::string("malformed ") + what + " argument " + quote(s));
+    if (digits.size() > kMaxDecimalDigits)
+      throw LimitError(std::string(what) + " argument has " + std::to_string(digits.size()) +
+                           " digits, more than Python's limit of " + std::to_string(kMaxDecimalDigits),
+                       where());
+    int64_t v = 0;
+    auto [p, ec] = std::from_chars(s.data() + (s[0] == '+' ? 1 : 0), s.data() + s.size(), v);
+    if (ec == std::errc() && p == s.data() + s.size()) return Value(v);
+    // Too big for int64: base 1e9 chunks into 32-bit limbs, then two's complement.
+    std::vector<uint32_t> limbs;
+    size_t i = 0;
+    size_t chunk = digits.size() % 9 == 0 ? 9 : digits.size() % 9;
+    while (i < digits.size()) {
+      uint32_t c = 0, mul = 1;
+      for (size_t k = 0; k < chunk; ++k, ++i) {
+        c = c * 10 + static_cast<uint32_t>(digits[i] - '0');
+        mul *= 10;
+      }
+      uint64_t carry = c;
+      for (auto& l : limbs) {
+        uint64_t cur = static_cast<uint64_t>(l) * mul + carry;
+        l = static_cast<uint32_t>(cur);
+        carry = cur >> 32;
+      }
+      if (carry) limbs.push_back(static_cast<uint32_t>(carry));
+      chunk = 9;
+    }
+    std::string bytes;
+    bytes.reserve(limbs.size() * 4 + 1);
+    for (uint32_t l : limbs)
+      for (int k = 0; k < 4; ++k) bytes += static_cast<char>((l >> (8 * k)) & 0xff);
+    bytes += '\0';  // room for the sign bit
+    if (neg) {
+      unsigned carry = 1;
+      for (auto& ch : bytes) {
+        unsigned cur = static_cast<uint8_t>(~static_cast<uint8_t>(ch)) + carry;
+        ch = static_cast<char>(cur & 0xff);
+        carry = cur >> 8;
+      }
+    }
+    return int_from_le(bytes);
+  }
+
+  double parse_float(std::string_view s) {
+    double d = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), d);
+    if (s.empty() || ec != std::errc() || p != s.data() + s.size()) fail("malformed FLOAT argument " + quote(s));
+    return d;
+  }
+
+  // ---- strings
+  // STRING: a quoted Python 2 repr, decoded as codecs.escape_decode does.
+  std::string parse_string_literal(std::string_view s) {
+    if (s.size() < 2 || (s.front() != '\'' && s.front() != '"') || s.back() != s.front())
+      fail("the STRING argument " + quote(s) + " is not quoted");
+    s = s.substr(1, s.size() - 2);
+    std::string out;
+    out.reserve(s.size());
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (s[i] != '\\') {
+        out += s[i];
+        continue;
+      }
+      if (++i == s.size()) fail("STRING argument ends with a lone backslash");
+      const char c = s[i];
+      switch (c) {
+        case '\n': break;  // line continuation
+        case '\\': out += '\\'; break;
+        case '\'': out += '\''; break;
+        case '"': out += '"'; break;
+        case 'a': out += '\a'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'v': out += '\v'; break;
+        case 'x': {
+          if (s.size() - i < 3 || hex_value(s[i + 1]) < 0 || hex_value(s[i + 2]) < 0)
+            fail("invalid \\x escape in STRING argument");
+          out += static_cast<char>(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2]));
+          i += 2;
+          break;
+        }
+        default:
+          if (c >= '0' && c <= '7') {  // up to three octal digits
+            unsigned v = static_cast<unsigned>(c - '0');
+            for (int k = 0; k < 2 && i + 1 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '7'; ++k)
+              v = v * 8 + static_cast<unsigned>(s[++i] - '0');
+            out += static_cast<char>(v & 0xff);
+          } else {
+            out += '\\';  // unknown escapes are kept as they are
+            out += c;
+          }
+      }
+    }
+    return out;
+  }
+
+  // UNICODE: raw-unicode-escape. Bytes are Latin-1 code points; only
+  // \uXXXX and \UXXXXXXXX are escapes (a backslash before anything else,
+  // including another backslash, is literal and consumes that character).
+  std::string parse_raw_unicode(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (size_t i = 0; i < s.size();) {
+      const auto c = static_cast<uint8_t>(s[i++]);
+      if (c != '\\' || i == s.size()) {
+        utf8::append(out, c);
+        continue;
+      }
+      const char e = s[i++];
+      if (e != 'u' && e != 'U') {
+        out += '\\';
+        utf8::append(out, static_cast<uint8_t>(e));
+        continue;
+      }
+      const size_t n = e == 'u' ? 4 : 8;
+      if (s.size() - i < n) fail(std::string("truncated \\") + e + " escape in UNICODE argument");
+      uint32_t cp = 0;
+      for (size_t k = 0; k < n; ++k) {
+        const int h = hex_value(s[i + k]);
+        if (h < 0) fail(std::string("malformed \\") + e + " escape in UNICODE argument");
+        cp = cp * 16 + static_cast<uint32_t>(h);
+      }
+      i += n;
+      if (cp > 0x10FFFF) fail("\\U escape out of range in UNICODE argument");
+      if (cp >= 0xD800 && cp <= 0xDFFF) fail("UNICODE argument holds a lone surrogate, which ckpt cannot represent");
+      utf8::append(out, cp);
+    }
+    return out;
+  }
+
+  // Python 2 str (STRING / BINSTRING / SHORT_BINSTRING): decoded as UTF-8, as
+  // torch.load(encoding='utf-8') does; bytes when it is not UTF-8.
+  static Value py2_string(std::string_view s) {
+    if (utf8::valid(s)) return Value(std::string(s));
+    return Value::bytes(std::string(s));
+  }
+
+  Value unicode(std::string_view s, const char* what) {
+    if (!utf8::valid(s)) fail(std::string(what) + " string is not valid UTF-8");
+    return Value(std::string(s));
+  }
+
   // ---- events
-  void event(Event::Kind kind, const std::string& module, const std::string& name) {
+  void event(Event::Kind kind, const std::string& module, const std::string& name, bool allowed) {
     if (opts_.observer == nullptr) return;
-    opts_.observer->on_event(Event{kind, module, name, op_offset_, is_allowed_global(module, name)});
+    opts_.observer->on_event(Event{kind, module, name, op_offset_, allowed});
   }
   void call_event(Event::Kind kind, const Value& callable) {
     if (opts_.observer == nullptr) return;
-    if (callable.kind() == Value::Kind::Global) {
-      event(kind, callable.as_global().module, callable.as_global().name);
-    } else if (callable.kind() == Value::Kind::DType) {
-      event(kind, "torch", std::string(name(callable.as_dtype())));
-    } else {
-      event(kind, "", std::string(callable.kind_name()));
+    switch (callable.kind()) {
+      case Value::Kind::Global: {
+        const Global& g = callable.as_global();
+        event(kind, g.module, g.name, is_allowed_global(g.module, g.name));
+        break;
+      }
+      case Value::Kind::Object:
+        event(kind, callable.as_object().module, callable.as_object().name, false);
+        break;
+      case Value::Kind::DType: event(kind, "torch", std::string(name(callable.as_dtype())), false); break;
+      default: event(kind, "", kind_of(callable), false);
     }
   }
 
   // ---- globals
-  Value resolve_global(std::string module, std::string name) {
-    map_py2_names(module, name);
-    event(Event::Kind::global, module, name);
-    if (is_allowed_global(module, name)) {
-      if (module == "torch") {
-        if (auto d = dtype_from_name(name); d && name.find("Storage") == std::string::npos) return Value(*d);
-      }
-      return Value(Global{module, name});
-    }
-    if (opts_.accept_inert && opts_.accept_inert(module, name) && !is_blocked_module(module))
-      return Value(Global{module, name});
-    if (opts_.policy == GlobalPolicy::inspect) return Value(Global{module, name});
-    std::string why = is_blocked_module(module) ? " (module '" + module + "' is blocked)" : "";
-    throw UnsafeError("global '" + module + "." + name + "' is not allowed when loading weights" + why +
-                          "; nothing was executed (use 'ckpt scan' to inspect the file, or load with "
-                          "weights_only=false / --objects to see it as an inert object)",
-                      ErrorContext{opts_.file, opts_.record, op_offset_});
+  std::string refused_message(const std::string& qualified) const {
+    return "global '" + qualified +
+           "' is not allowed when loading weights (use 'ckpt scan' to inspect the file, or load with "
+           "weights_only=false to see it as an inert object)";
   }
 
-  // An inert object: only for Globals that are not allow-listed functions.
-  Value make_object(const Value& callable, const char* how, Value args, Value kwargs) {
+  Value resolve_global(std::string module, std::string name) {
+    map_global_name(module, name);
+    const bool allowed = is_allowed_global(module, name);
+    event(Event::Kind::global, module, name, allowed);
+    if (allowed) {
+      if (module == "torch") {
+        if (auto d = dtype_from_name(name)) return Value(*d);
+      }
+      return Value(Global{std::move(module), std::move(name)});
+    }
+    const bool inert = inspecting() || (!is_blocked_module(module) && opts_.accept_inert &&
+                                        opts_.accept_inert(module, name));
+    if (!inert) unsafe(refused_message(module + "." + name));
+    return Value(Global{std::move(module), std::move(name)});
+  }
+
+  // ---- calls (REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ)
+  Value make_object(const Global& g, const char* how, Value args, Value kwargs) {
     auto o = std::make_shared<Object>();
-    o->module = callable.as_global().module;
-    o->name = callable.as_global().name;
+    o->module = g.module;
+    o->name = g.name;
     o->how = how;
     o->args = std::move(args);
     o->kwargs = std::move(kwargs);
     return track(Value(std::move(o)));
   }
 
-  bool is_inert_global(const Value& callable) const {
-    if (callable.kind() != Value::Kind::Global) return false;
-    const Global& g = callable.as_global();
-    return !is_allowed_global(g.module, g.name);
+  Value call_op(uint8_t op, Event::Kind kind, const Value& callable, Value args, Value kwargs = Value()) {
+    call_event(kind, callable);
+    if (!args.is_tuple()) fail(std::string(op_name(op)) + " arguments are a " + kind_of(args) + ", not a tuple");
+    return invoke(callable, std::move(args), op_name(op), std::move(kwargs));
   }
 
-  Value call(const Value& callable, Value args, const char* how, Event::Kind kind) {
-    call_event(kind, callable);
-    if (!args.is_tuple()) fail(std::string(how) + " arguments are a " + std::string(args.kind_name()) + ", not a tuple");
-    if (is_inert_global(callable)) return make_object(callable, how, std::move(args), Value());
-    if (callable.kind() != Value::Kind::Global)
-      throw UnsafeError(std::string(how) + " on a " + std::string(callable.kind_name()) +
-                            " value is not allowed: only allow-listed functions can be called",
-                        ErrorContext{opts_.file, opts_.record, op_offset_});
+  Value invoke(const Value& callable, Value args, const char* how, Value kwargs) {
+    if (callable.kind() == Value::Kind::Global) {
+      const Global& g = callable.as_global();
+      const bool has_kwargs = kwargs.is_dict() && !kwargs.as_dict().empty();
+      if (!is_allowed_global(g.module, g.name)) return make_object(g, how, std::move(args), std::move(kwargs));
+      if (is_callable_global(g) && !has_kwargs) return native(g, args);
+      // Allowed as a value (a class such as torch.Tensor), but calling it is not modelled.
+      if (inspecting()) return make_object(g, how, std::move(args), std::move(kwargs));
+      throw UnsupportedError(std::string(how) + " of '" + g.qualified() + "'" +
+                                 (has_kwargs ? " with keyword arguments" : "") + " is not supported",
+                             where());
+    }
+    if (!inspecting())
+      unsafe(std::string(how) + " on a " + kind_of(callable) +
+             " is not allowed when loading weights: only allow-listed functions and classes can be called");
+    if (callable.is_object()) {
+      // Calling an inert object (e.g. the result of builtins.getattr): an
+      // inert `<module.name>.__call__(object, *args)`.
+      const Object& callee = callable.as_object();
+      List call_args;
+      call_args.reserve(args.as_tuple().size() + 1);
+      call_args.push_back(callable);
+      for (const auto& a : args.as_tuple()) call_args.push_back(a);
+      return make_object(Global{callee.qualified(), "__call__"}, how, new_tuple(std::move(call_args)),
+                         std::move(kwargs));
+    }
+    fail(std::string(how) + " on a " + kind_of(callable) + ": only classes and functions can be called");
+  }
+
+  Value native(const Global& g, const Value& args) {
     try {
-      Value r = call_torch_global(callable.as_global(), args.as_tuple(), opts_.limits);
-      return track(std::move(r));
-    } catch (Error& e) {
-      e.add_context(ErrorContext{opts_.file, opts_.record, op_offset_});
-      throw;
+      return track(call_torch_global(g, args.as_tuple(), *this));
+    } catch (const TypeError& e) {  // a Value accessor met the wrong kind: malformed arguments
+      throw FormatError(g.qualified() + ": " + e.message(), where());
     }
   }
 
-  void build(Value& obj, Value state) {
-    switch (obj.kind()) {
+  // ---- BUILD
+  void build(Value& inst, const Value& state) {
+    check_ours(inst, BUILD);
+    switch (inst.kind()) {
       case Value::Kind::Object: {
-        event(Event::Kind::build, obj.as_object().module, obj.as_object().name);
-        obj.as_object().state = std::move(state);
+        Object& o = inst.as_object();
+        event(Event::Kind::build, o.module, o.name, false);
+        o.state = state;
         return;
       }
       case Value::Kind::Dict: {
-        event(Event::Kind::build, "collections", obj.as_dict().ordered ? "OrderedDict" : "dict");
-        // OrderedDict.__dict__ update (a state dict's _metadata); (dict, slots) allowed.
-        Value attrs = state;
-        if (state.is_tuple() && state.as_tuple().size() == 2) attrs = state.as_tuple()[0];
-        if (attrs.is_none()) return;
-        if (!attrs.is_dict()) fail("BUILD state for a dict is a " + std::string(attrs.kind_name()));
-        Dict& d = obj.as_dict();
-        if (d.attributes.is_none()) d.attributes = track(Value::dict());
-        for (const auto& [k, v] : attrs.as_dict()) d.attributes.as_dict().set(k, v);
-        return;
+        Dict& d = inst.as_dict();
+        if (d.ordered) {  // OrderedDict.__dict__.update(state): a state dict's _metadata
+          event(Event::Kind::build, "collections", "OrderedDict", true);
+          set_attributes(d, state);
+          return;
+        }
+        event(Event::Kind::build, "builtins", "dict", false);
+        break;
       }
-      case Value::Kind::Tensor: {
-        // torch: Tensor.__setstate__ / Parameter with extra state; the state
-        // carries Python attributes ckpt does not model. Accept and ignore.
-        event(Event::Kind::build, "torch", "Tensor");
+      case Value::Kind::Tensor:
+        // Tensor.set_ / Parameter.__setstate__: the state carries Python
+        // attributes ckpt does not model.
+        event(Event::Kind::build, "torch", "Tensor", true);
         return;
+      default: event(Event::Kind::build, "builtins", kind_of(inst), false);
+    }
+    if (!inspecting())
+      unsafe("BUILD on a " + kind_of(inst) +
+             " is not allowed when loading weights (only on tensors, Parameters and OrderedDicts)");
+    // Python's load_build: a falsy state sets nothing; anything else needs a __dict__.
+    if (state.is_tuple() && state.as_tuple().size() == 2) {
+      if (!truthy(state.as_tuple()[0]) && !truthy(state.as_tuple()[1])) return;
+    } else if (!truthy(state)) {
+      return;
+    }
+    fail("BUILD sets attributes on a " + kind_of(inst) + ", which has none");
+  }
+
+  // state, or (state, slotstate): dicts of attribute names to values.
+  void set_attributes(Dict& d, const Value& state) {
+    if (d.attributes.is_none()) d.attributes = track(Value::dict());
+    const bool pair = state.is_tuple() && state.as_tuple().size() == 2;
+    const Value parts[2] = {pair ? state.as_tuple()[0] : state, pair ? state.as_tuple()[1] : Value()};
+    for (const Value& part : parts) {
+      if (!truthy(part)) continue;
+      if (!part.is_dict()) fail("BUILD state for an OrderedDict is a " + kind_of(part) + ", not a dict");
+      for (const auto& [k, v] : part.as_dict()) {
+        if (!k.is_string()) fail("BUILD attribute name is a " + kind_of(k) + ", not a str");
+        d.attributes.as_dict().set(k, v);
       }
-      default:
-        throw UnsafeError("BUILD on a " + std::string(obj.kind_name()) + " is not allowed",
-                          ErrorContext{opts_.file, opts_.record, op_offset_});
     }
   }
 
-  void append_items(Value& target, List items) {
-    if (target.is_list()) {
-      auto& l = target.as_list();
-      l.insert(l.end(), std::make_move_iterator(items.begin()), std::make_move_iterator(items.end()));
-    } else if (target.kind() == Value::Kind::Set) {
-      auto& s = target.as_set();
-      s.insert(s.end(), std::make_move_iterator(items.begin()), std::make_move_iterator(items.end()));
-    } else if (target.is_object() && opts_.policy == GlobalPolicy::inspect) {
-      auto& l = target.as_object().list_items;
-      l.insert(l.end(), std::make_move_iterator(items.begin()), std::make_move_iterator(items.end()));
+  // ---- containers
+  void check_ours(const Value& target, uint8_t op) const {
+    if (!foreign_.empty() && foreign_.count(target.container_id()))
+      fail(std::string(op_name(op)) + " onto a value returned by the persistent loader");
+  }
+
+  void append(Value& target, List items, uint8_t op) {
+    check_ours(target, op);
+    List* dest = nullptr;
+    if (target.is_list()) dest = &target.as_list();
+    else if (target.is_object() && inspecting()) dest = &target.as_object().list_items;
+    else fail(std::string(op_name(op)) + " onto a " + kind_of(target) + ", which is not a list");
+    dest->insert(dest->end(), std::make_move_iterator(items.begin()), std::make_move_iterator(items.end()));
+  }
+
+  void add_items(Value& target, List items) {
+    check_ours(target, ADDITEMS);
+    if (target.kind() == Value::Kind::Set) {
+      for (auto& x : items) set_add(target, std::move(x));
+    } else if (target.is_object() && inspecting()) {
+      for (auto& x : items) {
+        check_key(x);
+        target.as_object().list_items.push_back(std::move(x));
+      }
     } else {
-      fail("APPEND onto a " + std::string(target.kind_name()) + ", which is not a list");
+      fail("ADDITEMS onto a " + kind_of(target) + ", which is not a set");
     }
   }
 
-  void set_items(Value& target, List kv) {
-    if (kv.size() % 2 != 0) fail("SETITEMS with an odd number of values");
+  void set_item(Value& target, Value key, Value value, uint8_t op) {
+    check_ours(target, op);
     if (target.is_dict()) {
-      Dict& d = target.as_dict();
-      for (size_t i = 0; i < kv.size(); i += 2) {
-        if (!kv[i].hashable()) fail("dict key of type " + std::string(kv[i].kind_name()) + " is unhashable");
-        d.set(std::move(kv[i]), std::move(kv[i + 1]));
+      check_key(key);
+      try {
+        target.as_dict().set(std::move(key), std::move(value));
+      } catch (const TypeError& e) {
+        fail(e.message());
       }
-    } else if (target.is_object() && opts_.policy == GlobalPolicy::inspect) {
-      auto& items = target.as_object().dict_items;
-      for (size_t i = 0; i < kv.size(); i += 2) items.emplace_back(std::move(kv[i]), std::move(kv[i + 1]));
+    } else if (target.is_object() && inspecting()) {
+      check_key(key);
+      target.as_object().dict_items.emplace_back(std::move(key), std::move(value));
     } else {
-      fail("SETITEM onto a " + std::string(target.kind_name()) + ", which is not a dict");
+      fail(std::string(op_name(op)) + " onto a " + kind_of(target) + ", which is not a dict");
     }
   }
 
-  Value make_int_from_le(std::string_view bytes) {
-    if (bytes.empty()) return Value(int64_t{0});
-    if (bytes.size() <= 8) {
-      uint64_t v = 0;
-      for (size_t i = 0; i < bytes.size(); ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[i])) << (8 * i);
-      if (bytes.size() < 8 && (static_cast<uint8_t>(bytes.back()) & 0x80))
-        v |= ~uint64_t{0} << (8 * bytes.size());  // sign-extend
-      return Value(static_cast<int64_t>(v));
+  void set_items(Value& target, List kv, uint8_t op) {
+    if (kv.size() % 2 != 0) fail(std::string(op_name(op)) + " with an odd number of values after MARK");
+    if (kv.empty()) {  // still needs a dict there, as Python does
+      check_ours(target, op);
+      if (!target.is_dict() && !(target.is_object() && inspecting()))
+        fail(std::string(op_name(op)) + " onto a " + kind_of(target) + ", which is not a dict");
     }
-    // Minimal form: drop redundant sign bytes, then it may fit after all.
-    std::vector<uint8_t> b(bytes.begin(), bytes.end());
-    while (b.size() > 1) {
-      uint8_t last = b.back(), prev = b[b.size() - 2];
-      if ((last == 0 && !(prev & 0x80)) || (last == 0xff && (prev & 0x80))) b.pop_back();
-      else break;
+    for (size_t i = 0; i < kv.size(); i += 2) set_item(target, std::move(kv[i]), std::move(kv[i + 1]), op);
+  }
+
+  // ---- persistent ids
+  Value persistent(const Value& pid) {
+    event(Event::Kind::persid, "", "", true);
+    if (!opts_.persistent_load) fail("persistent id found but no storage loader");
+    Value v;
+    try {
+      v = opts_.persistent_load(pid, op_offset_);
+    } catch (const TypeError& e) {
+      throw FormatError(e.message(), e.context().offset ? e.context() : where());
     }
-    if (b.size() <= 8)
-      return make_int_from_le(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
-    return Value(BigInt{std::move(b)});
-  }
-
-  Value parse_decimal_int(std::string_view s) {
-    if (!s.empty() && (s.back() == 'L')) s.remove_suffix(1);
-    int64_t v = 0;
-    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (ec == std::errc() && p == s.data() + s.size()) return Value(v);
-    if (ec == std::errc::result_out_of_range) {
-      // Big decimal: convert to two's complement little-endian.
-      bool neg = !s.empty() && s[0] == '-';
-      std::string_view digits = neg || (!s.empty() && s[0] == '+') ? s.substr(1) : s;
-      std::vector<uint8_t> mag{0};
-      for (char c : digits) {
-        if (c < '0' || c > '9') fail("malformed integer '" + std::string(s) + "'");
-        unsigned carry = static_cast<unsigned>(c - '0');
-        for (auto& b : mag) {
-          unsigned cur = b * 10u + carry;
-          b = static_cast<uint8_t>(cur);
-          carry = cur >> 8;
-        }
-        if (carry) mag.push_back(static_cast<uint8_t>(carry));
-      }
-      mag.push_back(0);  // room for the sign bit
-      if (neg) {
-        unsigned carry = 1;
-        for (auto& b : mag) {
-          unsigned cur = static_cast<uint8_t>(~b) + carry;
-          b = static_cast<uint8_t>(cur);
-          carry = cur >> 8;
-        }
-      }
-      return make_int_from_le(std::string_view(reinterpret_cast<const char*>(mag.data()), mag.size()));
-    }
-    fail("malformed integer '" + std::string(s) + "'");
-  }
-
-  double parse_float_line(std::string_view s) {
-    std::string str(s);
-    if (str == "nan" || str == "inf" || str == "-inf") return str == "nan" ? NAN : str == "inf" ? INFINITY : -INFINITY;
-    char* end = nullptr;
-    double d = std::strtod(str.c_str(), &end);
-    if (str.empty() || end != str.c_str() + str.size()) fail("malformed float '" + str + "'");
-    return d;
-  }
-
-  // Python-2 STRING literal: a quoted repr with backslash escapes.
-  std::string parse_string_literal(std::string_view s) {
-    if (s.size() < 2 || (s.front() != '\'' && s.front() != '"') || s.back() != s.front())
-      fail("malformed STRING argument");
-    s = s.substr(1, s.size() - 2);
-    std::string out;
-    for (size_t i = 0; i < s.size(); ++i) {
-      if (s[i] != '\\' || i + 1 == s.size()) {
-        out += s[i];
-        continue;
-      }
-      char c = s[++i];
-      switch (c) {
-        case 'n': out += '\n'; break;
-        case 't': out += '\t'; break;
-        case 'r': out += '\r'; break;
-        case '\\': out += '\\'; break;
-        case '\'': out += '\''; break;
-        case '"': out += '"'; break;
-        case 'x': {
-          if (i + 2 >= s.size() + 0 && i + 2 > s.size()) fail("malformed \\x escape");
-          if (i + 2 >= s.size() + 1) fail("malformed \\x escape");
-          unsigned v = 0;
-          auto [p, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
-          if (ec != std::errc() || p != s.data() + i + 3) fail("malformed \\x escape");
-          out += static_cast<char>(v);
-          i += 2;
-          break;
-        }
-        default: out += '\\'; out += c;
-      }
-    }
-    return out;
-  }
-
-  // raw-unicode-escape (UNICODE opcode): \uXXXX and \UXXXXXXXX escapes.
-  std::string parse_raw_unicode(std::string_view s) {
-    std::string out;
-    auto put_cp = [&](uint32_t cp) {
-      if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) fail("invalid code point in UNICODE argument");
-      if (cp < 0x80) out += static_cast<char>(cp);
-      else if (cp < 0x800) { out += static_cast<char>(0xC0 | (cp >> 6)); out += static_cast<char>(0x80 | (cp & 0x3F)); }
-      else if (cp < 0x10000) { out += static_cast<char>(0xE0 | (cp >> 12)); out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F)); out += static_cast<char>(0x80 | (cp & 0x3F)); }
-      else { out += static_cast<char>(0xF0 | (cp >> 18)); out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F)); out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F)); out += static_cast<char>(0x80 | (cp & 0x3F)); }
-    };
-    for (size_t i = 0; i < s.size(); ++i) {
-      if (s[i] == '\\' && i + 1 < s.size() && (s[i + 1] == 'u' || s[i + 1] == 'U')) {
-        size_t n = s[i + 1] == 'u' ? 4 : 8;
-        if (i + 2 + n > s.size()) fail("malformed \\u escape in UNICODE argument");
-        uint32_t cp = 0;
-        auto [p, ec] = std::from_chars(s.data() + i + 2, s.data() + i + 2 + n, cp, 16);
-        if (ec != std::errc() || p != s.data() + i + 2 + n) fail("malformed \\u escape in UNICODE argument");
-        put_cp(cp);
-        i += 1 + n;
-      } else {
-        put_cp(static_cast<unsigned char>(s[i]));  // latin-1 byte
-      }
-    }
-    return out;
-  }
-
-  Value py2_string(std::string_view s) {
-    if (valid_utf8(s)) return Value(std::string(s));
-    return Value::bytes(std::string(s));
-  }
-
-  Value unicode(std::string_view s) {
-    if (!valid_utf8(s)) fail("string is not valid UTF-8");
-    return Value(std::string(s));
+    if (v.container_id() != nullptr && foreign_.insert(v.container_id()).second) foreign_values_.push_back(v);
+    return v;
   }
 
   // ---- the loop
@@ -464,336 +885,336 @@ class Machine {
       if (pos_ >= data_.size()) fail("pickle is truncated: no STOP opcode");
       const uint8_t op = static_cast<uint8_t>(data_[pos_++]);
       switch (op) {
+        // -- framing
         case PROTO: {
-          uint8_t v = u8();
-          if (v > 5) fail("unsupported pickle protocol " + std::to_string(v));
+          const uint8_t v = u8("PROTO");
+          if (v > 5) fail("unsupported pickle protocol " + std::to_string(v) + " (ckpt reads protocols 0 to 5)");
           break;
         }
-        case FRAME: {
-          uint64_t n = uint_le(8);
-          need(n, "FRAME");
-          break;
-        }
+        case FRAME: need(uint_le(8, "FRAME"), "FRAME"); break;  // a hint: the frame's opcodes follow
         case STOP: {
-          if (!marks_.empty()) fail("STOP with an open MARK");
-          if (stack_.size() != 1) fail("STOP with " + std::to_string(stack_.size()) + " values on the stack, expected 1");
-          return pop();
+          if (!marks_.empty()) fail("STOP with a MARK still open");
+          if (stack_.size() != 1)
+            fail("STOP with " + std::to_string(stack_.size()) + " values on the stack, expected 1");
+          return pop(op);
         }
+
+        // -- stack manipulation
         case MARK:
           if (stack_.size() + marks_.size() >= opts_.limits.max_stack)
-            throw LimitError("pickle stack passes its limit", ErrorContext{opts_.file, opts_.record, op_offset_});
+            throw LimitError("pickle stack passes " + std::to_string(opts_.limits.max_stack) + " entries", where());
           marks_.push_back(stack_.size());
           break;
         case POP:
           if (stack_.size() > base()) stack_.pop_back();
-          else if (!marks_.empty()) marks_.pop_back();  // POP of a mark (as CPython allows)
-          else fail("stack underflow");
+          else if (!marks_.empty()) marks_.pop_back();  // POP of a mark, as CPython allows
+          else underflow(op);
           break;
-        case POP_MARK: (void)pop_mark(); break;
-        case DUP: push(top()); break;
+        case POP_MARK: (void)pop_mark(op); break;
+        case DUP: push(top(op)); break;
+
+        // -- memo
+        case PUT: memo_put(memo_index(line("PUT"), "PUT"), op); break;
+        case BINPUT: memo_put(u8("BINPUT"), op); break;
+        case LONG_BINPUT: memo_put(uint_le(4, "LONG_BINPUT"), op); break;
+        case MEMOIZE: memo_put(memo_.size(), op); break;
+        case GET: memo_get(memo_index(line("GET"), "GET")); break;
+        case BINGET: memo_get(u8("BINGET")); break;
+        case LONG_BINGET: memo_get(uint_le(4, "LONG_BINGET")); break;
+
+        // -- constants and numbers
         case NONE: push(Value()); break;
         case NEWTRUE: push(Value(true)); break;
         case NEWFALSE: push(Value(false)); break;
         case INT: {
-          std::string_view s = line();
+          std::string_view s = line("INT");
           if (s == "01") push(Value(true));
           else if (s == "00") push(Value(false));
-          else push(parse_decimal_int(s));
+          else push(parse_int(s, "INT"));
           break;
         }
-        case BININT: push(Value(static_cast<int64_t>(static_cast<int32_t>(uint_le(4))))); break;
-        case BININT1: push(Value(static_cast<int64_t>(u8()))); break;
-        case BININT2: push(Value(static_cast<int64_t>(uint_le(2)))); break;
-        case LONG: push(parse_decimal_int(line())); break;
+        case LONG: {
+          std::string_view s = line("LONG");
+          if (!s.empty() && s.back() == 'L') s.remove_suffix(1);
+          push(parse_int(s, "LONG"));
+          break;
+        }
+        case BININT: push(Value(static_cast<int64_t>(static_cast<int32_t>(uint_le(4, "BININT"))))); break;
+        case BININT1: push(Value(static_cast<int64_t>(u8("BININT1")))); break;
+        case BININT2: push(Value(static_cast<int64_t>(uint_le(2, "BININT2")))); break;
         case LONG1: {
-          uint8_t n = u8();
-          push(make_int_from_le(take(n, "LONG1")));
+          const uint8_t n = u8("LONG1");
+          push(int_from_le(take(n, "LONG1")));
           break;
         }
         case LONG4: {
-          int32_t n = static_cast<int32_t>(uint_le(4));
+          const auto n = static_cast<int32_t>(uint_le(4, "LONG4"));
           if (n < 0) fail("LONG4 with a negative length");
-          push(make_int_from_le(take(static_cast<uint64_t>(n), "LONG4")));
+          push(int_from_le(take(static_cast<uint64_t>(n), "LONG4")));
           break;
         }
-        case FLOAT: push(Value(parse_float_line(line()))); break;
+        case FLOAT: push(Value(parse_float(line("FLOAT")))); break;
         case BINFLOAT: {
           need(8, "BINFLOAT");
           uint64_t bits = 0;
           for (int i = 0; i < 8; ++i) bits = (bits << 8) | static_cast<uint8_t>(data_[pos_ + i]);  // big-endian
           pos_ += 8;
           double d;
-          std::memcpy(&d, &bits, 8);
+          std::memcpy(&d, &bits, sizeof d);
           push(Value(d));
           break;
         }
-        case STRING: push(py2_string(parse_string_literal(line()))); break;
+
+        // -- strings and bytes
+        case STRING: push(py2_string(parse_string_literal(line("STRING")))); break;
         case BINSTRING: {
-          int32_t n = static_cast<int32_t>(uint_le(4));
+          const auto n = static_cast<int32_t>(uint_le(4, "BINSTRING"));
           if (n < 0) fail("BINSTRING with a negative length");
           push(py2_string(take(static_cast<uint64_t>(n), "BINSTRING")));
           break;
         }
-        case SHORT_BINSTRING: push(py2_string(take(u8(), "SHORT_BINSTRING"))); break;
-        case UNICODE: push(Value(parse_raw_unicode(line()))); break;
-        case BINUNICODE: push(unicode(take(uint_le(4), "BINUNICODE"))); break;
-        case SHORT_BINUNICODE: push(unicode(take(u8(), "SHORT_BINUNICODE"))); break;
-        case BINUNICODE8: push(unicode(take(uint_le(8), "BINUNICODE8"))); break;
-        case BINBYTES: push(Value::bytes(std::string(take(uint_le(4), "BINBYTES")))); break;
-        case SHORT_BINBYTES: push(Value::bytes(std::string(take(u8(), "SHORT_BINBYTES")))); break;
-        case BINBYTES8: push(Value::bytes(std::string(take(uint_le(8), "BINBYTES8")))); break;
-        case BYTEARRAY8: push(Value::bytearray(std::string(take(uint_le(8), "BYTEARRAY8")))); break;
+        case SHORT_BINSTRING: push(py2_string(take(u8("SHORT_BINSTRING"), "SHORT_BINSTRING"))); break;
+        case UNICODE: push(Value(parse_raw_unicode(line("UNICODE")))); break;
+        case SHORT_BINUNICODE:
+          push(unicode(take(u8("SHORT_BINUNICODE"), "SHORT_BINUNICODE"), "SHORT_BINUNICODE"));
+          break;
+        case BINUNICODE: push(unicode(take(uint_le(4, "BINUNICODE"), "BINUNICODE"), "BINUNICODE")); break;
+        case BINUNICODE8: push(unicode(take(uint_le(8, "BINUNICODE8"), "BINUNICODE8"), "BINUNICODE8")); break;
+        case SHORT_BINBYTES: push(Value::bytes(std::string(take(u8("SHORT_BINBYTES"), "SHORT_BINBYTES")))); break;
+        case BINBYTES: push(Value::bytes(std::string(take(uint_le(4, "BINBYTES"), "BINBYTES")))); break;
+        case BINBYTES8: push(Value::bytes(std::string(take(uint_le(8, "BINBYTES8"), "BINBYTES8")))); break;
+        case BYTEARRAY8: push(Value::bytearray(std::string(take(uint_le(8, "BYTEARRAY8"), "BYTEARRAY8")))); break;
         case NEXT_BUFFER:
         case READONLY_BUFFER:
-          throw UnsupportedError("out-of-band pickle buffers (protocol 5) are not supported",
-                                 ErrorContext{opts_.file, opts_.record, op_offset_});
+          fail(std::string(op_name(op)) +
+               ": the pickle refers to out-of-band buffers (protocol 5), which a file cannot carry");
+
+        // -- containers
         case EMPTY_LIST: push(track(Value::list())); break;
-        case EMPTY_TUPLE: push(track(Value::tuple())); break;
+        case EMPTY_TUPLE: push(new_tuple({})); break;
         case EMPTY_DICT: push(track(Value::dict())); break;
         case EMPTY_SET: push(track(Value::set())); break;
-        case LIST: push(track(Value::list(pop_mark()))); break;
-        case TUPLE: push(track(Value::tuple(pop_mark()))); break;
-        case FROZENSET: push(track(Value::set(pop_mark()))); break;
+        case LIST: push(track(Value::list(pop_mark(op)))); break;
+        case TUPLE: push(new_tuple(pop_mark(op))); break;
         case TUPLE1: {
-          Value a = pop();
-          push(track(Value::tuple({std::move(a)})));
+          List t(1);
+          t[0] = pop(op);
+          push(new_tuple(std::move(t)));
           break;
         }
         case TUPLE2: {
-          Value b = pop(), a = pop();
-          push(track(Value::tuple({std::move(a), std::move(b)})));
+          List t(2);
+          t[1] = pop(op);
+          t[0] = pop(op);
+          push(new_tuple(std::move(t)));
           break;
         }
         case TUPLE3: {
-          Value c = pop(), b = pop(), a = pop();
-          push(track(Value::tuple({std::move(a), std::move(b), std::move(c)})));
+          List t(3);
+          t[2] = pop(op);
+          t[1] = pop(op);
+          t[0] = pop(op);
+          push(new_tuple(std::move(t)));
           break;
         }
         case DICT: {
-          List kv = pop_mark();
+          List kv = pop_mark(op);
           Value d = track(Value::dict());
-          set_items(d, std::move(kv));
+          set_items(d, std::move(kv), op);
           push(std::move(d));
           break;
         }
+        case FROZENSET: {
+          List items = pop_mark(op);
+          Value s = track(Value::set());
+          for (auto& x : items) set_add(s, std::move(x));
+          push(std::move(s));
+          break;
+        }
         case APPEND: {
-          Value v = pop();
-          append_items(top(), List{std::move(v)});
+          Value v = pop(op);
+          List one(1);
+          one[0] = std::move(v);
+          append(top(op), std::move(one), op);
           break;
         }
         case APPENDS: {
-          List items = pop_mark();
-          append_items(top(), std::move(items));
+          List items = pop_mark(op);
+          append(top(op), std::move(items), op);
           break;
         }
         case ADDITEMS: {
-          List items = pop_mark();
-          if (top().kind() != Value::Kind::Set) fail("ADDITEMS onto a " + std::string(top().kind_name()));
-          append_items(top(), std::move(items));
+          List items = pop_mark(op);
+          add_items(top(op), std::move(items));
           break;
         }
         case SETITEM: {
-          Value v = pop(), k = pop();
-          set_items(top(), List{std::move(k), std::move(v)});
+          Value v = pop(op);
+          Value k = pop(op);
+          set_item(top(op), std::move(k), std::move(v), op);
           break;
         }
         case SETITEMS: {
-          List kv = pop_mark();
-          set_items(top(), std::move(kv));
+          List kv = pop_mark(op);
+          set_items(top(op), std::move(kv), op);
           break;
         }
-        case PUT: memo_put(decimal(line(), "PUT index")); break;
-        case BINPUT: memo_put(u8()); break;
-        case LONG_BINPUT: memo_put(uint_le(4)); break;
-        case MEMOIZE: memo_put(memo_.size()); break;
-        case GET: memo_get(decimal(line(), "GET index")); break;
-        case BINGET: memo_get(u8()); break;
-        case LONG_BINGET: memo_get(uint_le(4)); break;
+
+        // -- globals and calls
         case GLOBAL: {
-          std::string module(line());
-          std::string name(line());
+          std::string module = name_line("GLOBAL");
+          std::string name = name_line("GLOBAL");
           push(resolve_global(std::move(module), std::move(name)));
           break;
         }
         case STACK_GLOBAL: {
-          Value name = pop(), module = pop();
-          if (!module.is_string() || !name.is_string()) fail("STACK_GLOBAL needs two strings");
+          Value name = pop(op);
+          Value module = pop(op);
+          if (!module.is_string() || !name.is_string())
+            fail("STACK_GLOBAL needs two strings, got a " + kind_of(module) + " and a " + kind_of(name));
+          if (module.as_string().empty() || name.as_string().empty())
+            fail("STACK_GLOBAL names an empty module or attribute");
           push(resolve_global(module.as_string(), name.as_string()));
           break;
         }
         case INST: {
-          std::string module(line());
-          std::string name(line());
+          std::string module = name_line("INST");
+          std::string name = name_line("INST");
           Value cls = resolve_global(std::move(module), std::move(name));
-          Value args = track(Value::tuple(pop_mark()));
-          push(call(cls, std::move(args), "INST", Event::Kind::inst));
+          Value args = new_tuple(pop_mark(op));
+          push(call_op(op, Event::Kind::inst, cls, std::move(args)));
           break;
         }
         case OBJ: {
-          List items = pop_mark();
-          if (items.empty()) fail("OBJ without a class");
+          List items = pop_mark(op);
+          if (items.empty()) fail("OBJ needs a class after MARK, but there is nothing");
           Value cls = std::move(items.front());
           items.erase(items.begin());
-          push(call(cls, track(Value::tuple(std::move(items))), "OBJ", Event::Kind::obj));
+          push(call_op(op, Event::Kind::obj, cls, new_tuple(std::move(items))));
           break;
         }
         case REDUCE: {
-          Value args = pop(), fn = pop();
-          push(call(fn, std::move(args), "REDUCE", Event::Kind::reduce));
+          Value args = pop(op);
+          Value fn = pop(op);
+          push(call_op(op, Event::Kind::reduce, fn, std::move(args)));
           break;
         }
         case NEWOBJ: {
-          Value args = pop(), cls = pop();
-          push(call(cls, std::move(args), "NEWOBJ", Event::Kind::newobj));
+          Value args = pop(op);
+          Value cls = pop(op);
+          push(call_op(op, Event::Kind::newobj, cls, std::move(args)));
           break;
         }
         case NEWOBJ_EX: {
-          Value kwargs = pop(), args = pop(), cls = pop();
-          if (!kwargs.is_dict()) fail("NEWOBJ_EX keyword arguments are not a dict");
-          call_event(Event::Kind::newobj_ex, cls);
-          if (!is_inert_global(cls))
-            throw UnsafeError("NEWOBJ_EX is not allowed on this class", ErrorContext{opts_.file, opts_.record, op_offset_});
-          if (!args.is_tuple()) fail("NEWOBJ_EX arguments are not a tuple");
-          push(make_object(cls, "NEWOBJ_EX", std::move(args), std::move(kwargs)));
+          Value kwargs = pop(op);
+          Value args = pop(op);
+          Value cls = pop(op);
+          if (!kwargs.is_dict()) fail("NEWOBJ_EX keyword arguments are a " + kind_of(kwargs) + ", not a dict");
+          push(call_op(op, Event::Kind::newobj_ex, cls, std::move(args), std::move(kwargs)));
           break;
         }
         case BUILD: {
-          Value state = pop();
-          build(top(), std::move(state));
-          break;
-        }
-        case PERSID: {
-          std::string id(line());
-          push(persistent(Value(std::move(id))));
-          break;
-        }
-        case BINPERSID: {
-          Value pid = pop();
-          push(persistent(pid));
+          Value state = pop(op);
+          build(top(op), state);
           break;
         }
         case EXT1:
         case EXT2:
         case EXT4: {
-          uint64_t code = op == EXT1 ? u8() : op == EXT2 ? uint_le(2) : uint_le(4);
-          event(Event::Kind::ext, "copyreg.ext", std::to_string(code));
-          if (opts_.policy == GlobalPolicy::weights_only)
-            throw UnsafeError("extension registry code " + std::to_string(code) +
-                                  " (EXT opcode) is not allowed when loading weights",
-                              ErrorContext{opts_.file, opts_.record, op_offset_});
-          push(Value(Global{"copyreg.ext", std::to_string(code)}));
+          const uint64_t code = op == EXT1 ? u8("EXT1") : op == EXT2 ? uint_le(2, "EXT2") : uint_le(4, "EXT4");
+          if (code == 0 || (op == EXT4 && static_cast<int32_t>(code) <= 0))
+            fail(std::string(op_name(op)) + " specifies code <= 0");
+          const std::string name = std::to_string(code);
+          event(Event::Kind::ext, "copyreg.ext", name, false);
+          if (!inspecting())
+            unsafe("extension registry codes are not allowed when loading weights (" + std::string(op_name(op)) +
+                   " " + name + ")");
+          push(Value(Global{"copyreg.ext", name}));
           break;
         }
-        default: {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "0x%02x", op);
-          fail(std::string("unknown pickle opcode ") + buf);
+
+        // -- persistent ids
+        case PERSID: {
+          std::string_view id = line("PERSID");
+          if (!std::all_of(id.begin(), id.end(), [](char c) { return static_cast<uint8_t>(c) < 0x80; }))
+            fail("PERSID argument " + quote(id) + " is not ASCII");
+          push(persistent(Value(std::string(id))));
+          break;
         }
+        case BINPERSID: {
+          Value pid = pop(op);
+          push(persistent(pid));
+          break;
+        }
+
+        default: fail("unknown pickle opcode " + hex_byte(op));
       }
     }
   }
 
-  Value persistent(const Value& pid) {
-    event(Event::Kind::persid, "", "");
-    if (!opts_.persistent_load) fail("persistent id found but this file has no storage loader");
-    return track(opts_.persistent_load(pid, op_offset_));
-  }
-
-  // ---- safety of the result
-  // One iterative DFS: the result must be acyclic and no deeper than the limit.
+  // ---- the result
+  // One iterative DFS: the result must be acyclic and no deeper than
+  // max_depth. Heights are remembered, so a subtree shared by several parents
+  // is walked once and still counted at its deepest position. Containers the
+  // DFS does not reach are garbage: emptied here, so that freeing them never
+  // recurses (they may be cyclic or arbitrarily deep).
   void check_result(const Value& root) {
-    enum : uint8_t { kNew = 0, kOpen = 1, kDone = 2 };
-    std::unordered_map<const void*, uint8_t> state;
+    enum : uint8_t { kOpen, kDone };
+    struct Info {
+      uint8_t state;
+      size_t height;  // containers on the longest downward path, itself included
+    };
     struct Frame {
       const Value* v;
-      size_t depth;
+      size_t depth;  // containers from the root to v, both included
       bool exit;
     };
-    std::vector<Frame> stack{{&root, 0, false}};
-    auto children = [](const Value& v, std::vector<const Value*>& out) {
-      out.clear();
-      switch (v.kind()) {
-        case Value::Kind::List:
-        case Value::Kind::Tuple:
-          for (const auto& c : v.items()) out.push_back(&c);
-          break;
-        case Value::Kind::Set:
-          for (const auto& c : v.as_set()) out.push_back(&c);
-          break;
-        case Value::Kind::Dict:
-          for (const auto& [k, val] : v.as_dict()) {
-            out.push_back(&k);
-            out.push_back(&val);
-          }
-          out.push_back(&v.as_dict().attributes);
-          break;
-        case Value::Kind::Object: {
-          const Object& o = v.as_object();
-          out.push_back(&o.args);
-          out.push_back(&o.kwargs);
-          out.push_back(&o.state);
-          for (const auto& c : o.list_items) out.push_back(&c);
-          for (const auto& [k, val] : o.dict_items) {
-            out.push_back(&k);
-            out.push_back(&val);
-          }
-          break;
-        }
-        default: break;
-      }
-    };
-    std::vector<const Value*> kids;
-    while (!stack.empty()) {
-      Frame f = stack.back();
-      stack.pop_back();
+    const size_t max_depth = opts_.limits.max_depth;
+    std::unordered_map<const void*, Info> info;
+    info.reserve(arena_.size());
+    std::vector<Frame> todo;
+    if (root.container_id() != nullptr) todo.push_back({&root, 1, false});
+    while (!todo.empty()) {
+      const Frame f = todo.back();
+      todo.pop_back();
       const void* id = f.v->container_id();
-      if (id == nullptr) continue;
       if (f.exit) {
-        state[id] = kDone;
+        size_t h = 0;
+        for_each_child(*f.v, [&](const Value& c) {
+          if (const void* cid = c.container_id()) {
+            auto ci = info.find(cid);
+            if (ci != info.end()) h = std::max(h, ci->second.height);
+          }
+        });
+        info[id] = Info{kDone, h + 1};
         continue;
       }
-      uint8_t& s = state[id];
-      if (s == kOpen) fail("the pickle builds a recursive structure (a container inside itself), which ckpt does not load");
-      if (s == kDone) continue;
-      if (f.depth > opts_.limits.max_depth)
-        throw LimitError("containers nest deeper than " + std::to_string(opts_.limits.max_depth) + " levels",
-                         ErrorContext{opts_.file, opts_.record, std::nullopt});
-      s = kOpen;
-      stack.push_back({f.v, f.depth, true});
-      children(*f.v, kids);
-      for (const Value* c : kids)
-        if (c->container_id() != nullptr) stack.push_back({c, f.depth + 1, false});
+      auto [it, fresh] = info.try_emplace(id, Info{kOpen, 0});
+      if (!fresh) {
+        if (it->second.state == kOpen)
+          fail("recursive structure: a container holds itself (directly or through others), which ckpt does not load");
+        if (f.depth - 1 + it->second.height > max_depth) too_deep();
+        continue;
+      }
+      if (f.depth > max_depth) too_deep();
+      todo.push_back({f.v, f.depth, true});
+      for_each_child(*f.v, [&](const Value& c) {
+        if (c.container_id() != nullptr) todo.push_back({&c, f.depth + 1, false});
+      });
     }
+    for (const Value& v : arena_)
+      if (!info.count(v.container_id())) empty_container(v);
+    arena_.clear();
   }
 
-  // Empties every container, so that destroying a deep or cyclic structure
-  // never recurses and never leaks.
-  void dismantle() {
+  // Empties every container the VM created, so that destroying a deep or
+  // cyclic structure never recurses and never leaks. Never throws.
+  void dismantle() noexcept {
     stack_.clear();
+    marks_.clear();
     memo_.clear();
-    for (Value& v : arena_) {
-      switch (v.kind()) {
-        case Value::Kind::List:
-        case Value::Kind::Tuple:
-          v.items().clear();
-          break;
-        case Value::Kind::Set: v.as_set().clear(); break;
-        case Value::Kind::Dict:
-          v.as_dict().clear();
-          v.as_dict().attributes = Value();
-          break;
-        case Value::Kind::Object: {
-          Object& o = v.as_object();
-          o.args = Value();
-          o.kwargs = Value();
-          o.state = Value();
-          o.list_items.clear();
-          o.dict_items.clear();
-          break;
-        }
-        default: break;
-      }
-    }
+    set_index_.clear();
+    for (const Value& v : arena_) empty_container(v);
     arena_.clear();
   }
 };
