@@ -23,6 +23,8 @@
 
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "ckpt/state_dict.hpp"
 
@@ -46,5 +48,29 @@ StateDict load_safetensors(const std::string& path, bool mmap = false);
 
 // The header's "__metadata__" (empty when absent); reads only the header.
 std::map<std::string, std::string> safetensors_metadata(const std::string& path);
+
+// A whole training checkpoint (model and optimizer state, epoch, metrics,
+// lists, ...) as a standard safetensors file, without pickle: every tensor
+// is an ordinary entry named by its '/'-joined path in the tree
+// ("optimizer/state/0/exp_avg"), and the rest of the tree is JSON in
+// `__metadata__["ckpt.tree"]` (plus the given metadata). ckpt::load()
+// restores the same Value; any safetensors reader still sees every tensor.
+// Tensors referenced twice (tied weights) are stored once; other views that
+// share a storage are stored as independent copies. Values JSON cannot hold
+// (inert objects, storages) throw ckpt::UnsupportedError. Returns the number
+// of references that were stored as aliases of an earlier tensor.
+// The convention is documented in docs/formats/safetensors.md.
+size_t save_safetensors_checkpoint(const std::string& path, const Value& checkpoint,
+                                   const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+std::string save_safetensors_checkpoint_to_buffer(const Value& checkpoint,
+                                                  const std::map<std::string, std::string>& metadata = {
+                                                      {"format", "pt"}});
+
+// What safetensors users expect from tied weights (safetensors.torch.save_model):
+// of several names for the same view of the same storage only the first is
+// kept; tensors that overlap another kept tensor's bytes otherwise are
+// replaced by independent copies. Returns (removed name, kept name) pairs;
+// copies are reported with the kept name empty.
+std::vector<std::pair<std::string, std::string>> remove_shared_tensors(StateDict& state_dict);
 
 }  // namespace ckpt

@@ -61,6 +61,11 @@ class Tensor {
   Tensor contiguous() const;
   // A deep copy into owned memory (contiguous).
   Tensor clone() const;
+  // A copy converted to `dtype` (torch's tensor.to(dtype)), rounding to
+  // nearest even. Casts between float64, float32, float16 and bfloat16;
+  // other pairs throw ckpt::UnsupportedError. Returns *this when the dtype
+  // is already `dtype`.
+  Tensor to(DType dtype) const;
 
   // Same dtype, sizes and element values (bitwise).
   bool equal(const Tensor& other) const;

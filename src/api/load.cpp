@@ -4,6 +4,10 @@
 #include <cstring>
 
 #include "api/open_internal.hpp"
+#include "api/sharded_internal.hpp"
+#include "ckpt/open.hpp"
+
+#include <filesystem>
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
 #include "formats/safetensors.hpp"
@@ -146,8 +150,28 @@ Format detect_format(const std::string& path) { return detail::detect(io::open_f
 
 Format detect_format(std::span<const std::byte> bytes) { return detail::detect(io::memory_file(bytes)); }
 
+namespace detail {
+
+Value load_path(const std::string& path, const LoadOptions& options, Format* format_out,
+                pickle::Observer* observer) {
+  std::error_code ec;
+  std::string target = path;
+  if (std::filesystem::is_directory(path, ec)) target = find_checkpoint_in_dir(path);
+  if (is_shard_index(target)) {
+    OpenOptions oo;
+    oo.map_location = options.map_location;
+    oo.weights_only = options.weights_only;
+    Reader r = open(target, oo);
+    if (format_out) *format_out = r.format();
+    return r.state_dict(/*copy=*/!options.mmap).to_value();
+  }
+  return load_file(open_for_load(target, options.mmap), options, format_out, observer);
+}
+
+}  // namespace detail
+
 Value load(const std::string& path, const LoadOptions& options) {
-  return detail::load_file(detail::open_for_load(path, options.mmap), options, nullptr, nullptr);
+  return detail::load_path(path, options, nullptr, nullptr);
 }
 
 Value load(std::span<const std::byte> bytes, const LoadOptions& options) {

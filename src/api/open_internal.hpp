@@ -15,5 +15,10 @@ std::shared_ptr<io::RandomAccessFile> open_for_load(const std::string& path, boo
 // Loads any supported format; reports the detected format and pickle events.
 Value load_file(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,
                 Format* format_out, pickle::Observer* observer);
+// load_file for a path, which may also be a Hugging Face shard index or a
+// directory holding one checkpoint or one index (the set loads as one state
+// dict, copied unless options.mmap).
+Value load_path(const std::string& path, const LoadOptions& options, Format* format_out,
+                pickle::Observer* observer);
 
 }  // namespace ckpt::detail

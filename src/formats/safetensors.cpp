@@ -1,4 +1,5 @@
 #include "formats/safetensors.hpp"
+#include "formats/safetensors_tree.hpp"
 
 #include <algorithm>
 #include <array>
@@ -645,6 +646,10 @@ std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAcc
 
 Value load_safetensors(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options) {
   auto tensors = read_safetensors(*file, options.mmap, options.map_location.apply("cpu"));
+  // A pickle-free training checkpoint carries its object tree as JSON.
+  const auto header = read_safetensors_header(*file);
+  for (const auto& [key, text] : header.metadata)
+    if (key == kTreeMetadataKey) return decode_tree(text, tensors, options);
   Value v = Value::dict();
   Dict& d = v.as_dict();
   d.reserve(tensors.size());

@@ -1,11 +1,19 @@
-// ckpt convert IN OUT [--to torch|safetensors] — re-save a checkpoint.
+// ckpt convert IN OUT — re-save a checkpoint as torch zip, safetensors or a
+// Hugging Face sharded set, optionally renaming, filtering and casting.
+#include <sys/stat.h>
+
 #include <cstdio>
+#include <algorithm>
+#include <optional>
+#include <regex>
 
 #include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
+#include "ckpt/open.hpp"
 #include "ckpt/safetensors.hpp"
 #include "ckpt/save.hpp"
+#include "ckpt/sharded.hpp"
 #include "commands.hpp"
 #include "common.hpp"
 
@@ -18,42 +26,164 @@ struct ConvertArgs {
   std::string to;  // "", "torch", "safetensors"
   std::string key;
   bool objects = false;
+  std::vector<std::string> rename;   // REGEX=REPLACEMENT
+  std::vector<std::string> only;     // REGEX
+  std::vector<std::string> exclude;  // REGEX
+  std::string dtype;
+  std::string max_shard_size;
 };
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+bool is_directory(const std::string& path) {
+  struct stat st{};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::regex compile(const std::string& pattern, const char* option) {
+  try {
+    return std::regex(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    throw Error(std::string(option) + ": not a valid regular expression: '" + pattern + "' (" + e.what() + ")");
+  }
+}
+
+struct RenameRule {
+  std::regex pattern;
+  std::string replacement;
+};
+
+// A flat name -> tensor view of the input: its state dict, or every tensor
+// by path when `allow_paths`.
+bool as_state_dict(const Value& root, StateDict& sd) {
+  if (!root.is_dict()) return false;
+  try {
+    sd = StateDict::from_value(root);
+    return !sd.empty() || root.as_dict().empty();
+  } catch (const TypeError&) {
+    return false;
+  }
+}
+
+std::string apply_renames(const std::vector<RenameRule>& rules, const std::string& name) {
+  std::string out = name;
+  for (const auto& r : rules) out = std::regex_replace(out, r.pattern, r.replacement);
+  return out;
+}
+
+// Renames (and re-keys `_metadata` the same way, as PyTorch's
+// consume_prefix_in_state_dict_if_present does), filters and casts.
+StateDict transform(const StateDict& in, const ConvertArgs& a, std::optional<DType> dtype) {
+  std::vector<RenameRule> rules;
+  for (const auto& r : a.rename) {
+    auto eq = r.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw Error("--rename expects REGEX=REPLACEMENT (e.g. '^module\\.='), got '" + r + "'");
+    rules.push_back({compile(r.substr(0, eq), "--rename"), r.substr(eq + 1)});
+  }
+  std::vector<std::regex> only, exclude;
+  for (const auto& p : a.only) only.push_back(compile(p, "--only"));
+  for (const auto& p : a.exclude) exclude.push_back(compile(p, "--exclude"));
+
+  StateDict out;
+  for (const auto& [name, t] : in) {
+    if (!only.empty() && std::none_of(only.begin(), only.end(), [&](const std::regex& r) { return std::regex_search(name, r); }))
+      continue;
+    if (std::any_of(exclude.begin(), exclude.end(), [&](const std::regex& r) { return std::regex_search(name, r); }))
+      continue;
+    std::string new_name = apply_renames(rules, name);
+    if (new_name.empty()) throw Error("--rename turns '" + name + "' into an empty name");
+    if (out.contains(new_name))
+      throw Error("--rename maps two tensors to '" + new_name + "' (one of them is '" + name + "')");
+    Tensor tensor = t;
+    if (dtype && info(t.dtype()).is_floating && t.dtype() != *dtype &&
+        (t.dtype() == DType::float64 || t.dtype() == DType::float32 || t.dtype() == DType::float16 ||
+         t.dtype() == DType::bfloat16))
+      tensor = t.to(*dtype);
+    out.set(std::move(new_name), std::move(tensor));
+  }
+  if (in.metadata.is_dict() && !rules.empty()) {
+    Value meta = in.metadata.as_dict().ordered ? Value::ordered_dict() : Value::dict();
+    for (const auto& [k, v] : in.metadata.as_dict()) {
+      if (!k.is_string()) continue;
+      // _metadata keys are module prefixes ("" for the root, "fc" for fc.*);
+      // rename them as the names "<prefix>." would be renamed.
+      std::string renamed = apply_renames(rules, k.as_string().empty() ? k.as_string() : k.as_string() + ".");
+      if (!renamed.empty() && renamed.back() == '.') renamed.pop_back();
+      if (!meta.as_dict().contains(Value(renamed))) meta.as_dict().set(Value(renamed), v);
+    }
+    out.metadata = meta;
+  } else {
+    out.metadata = in.metadata;
+  }
+  return out;
+}
+
 int run_convert(const ConvertArgs& a) {
+  const bool sharded_out = !a.max_shard_size.empty() || is_directory(a.out) || ends_with(a.out, "/");
   std::string to = a.to;
-  if (to.empty()) to = ends_with(a.out, ".safetensors") ? "safetensors" : "torch";
+  if (to.empty()) to = ends_with(a.out, ".safetensors") || sharded_out ? "safetensors" : "torch";
   if (to != "torch" && to != "safetensors")
     throw Error("--to must be 'torch' or 'safetensors', not '" + to + "'");
+  std::optional<DType> dtype;
+  if (!a.dtype.empty()) {
+    dtype = dtype_from_name(a.dtype);
+    if (!dtype || !(*dtype == DType::float64 || *dtype == DType::float32 || *dtype == DType::float16 ||
+                    *dtype == DType::bfloat16))
+      throw Error("--dtype must be one of bfloat16, float16, float32, float64; got '" + a.dtype + "'");
+  }
+  const bool reshaping = !a.rename.empty() || !a.only.empty() || !a.exclude.empty();
+
+  // Input: one file (any format), a sharded set (index), or a directory holding either.
   LoadOptions opts;
   opts.mmap = true;  // the writer reads straight from the mapping
   opts.weights_only = !a.objects;
   Format format = Format::unknown;
-  Value root = detail::load_file(detail::open_for_load(a.in, true), opts, &format, nullptr);
+  Value root = detail::load_path(a.in, opts, &format, nullptr);
+  const std::string from(format_name(format));
   if (!a.key.empty()) root = lookup(root, a.key);
 
-  if (to == "torch") {
-    save(a.out, root);
-  } else {
-    // safetensors holds flat name -> tensor maps: a state dict, or any tree
-    // whose tensors are named by their '/'-joined paths.
-    StateDict sd;
-    if (root.is_dict()) {
-      try {
-        sd = StateDict::from_value(root);
-      } catch (const TypeError&) {
-        sd = StateDict();
-      }
-    }
-    if (sd.empty()) for_each_tensor(root, [&](const std::string& path, const Tensor& t) { sd.set(path, t); });
+  StateDict sd;
+  const bool flat = as_state_dict(root, sd);
+  if (!flat && (reshaping || sharded_out))
+    throw Error("--rename/--only/--exclude and sharded output work on a state dict, and " + a.in +
+                " holds a checkpoint tree; select the state dict with --key (e.g. --key model)");
+  if (flat) sd = transform(sd, a, dtype);
+
+  std::string what;
+  if (sharded_out) {
+    ShardOptions so;
+    so.format = to == "torch" ? ShardFormat::torch : ShardFormat::safetensors;
+    if (!a.max_shard_size.empty()) so.max_shard_size = parse_size(a.max_shard_size);
+    if (so.format == ShardFormat::safetensors)
+      for (const auto& [alias, kept] : remove_shared_tensors(sd))
+        std::fprintf(stderr, kept.empty() ? "ckpt: note: '%s' overlaps another tensor's memory: stored as a copy\n"
+                                          : "ckpt: note: '%s' is the same tensor as '%s': stored once, as '%s'\n",
+                     alias.c_str(), kept.c_str(), kept.c_str());
+    ShardedFiles files = save_sharded(a.out, sd, so);
+    what = std::to_string(files.files.size()) + " shard(s)" + (files.index.empty() ? "" : " + " + files.index);
+  } else if (to == "torch") {
+    if (flat) save_state_dict(a.out, sd);
+    else save(a.out, root);
+    what = a.out;
+  } else if (flat) {
+    for (const auto& [alias, kept] : remove_shared_tensors(sd))
+      std::fprintf(stderr, kept.empty() ? "ckpt: note: '%s' overlaps another tensor's memory: stored as a copy\n"
+                                        : "ckpt: note: '%s' is the same tensor as '%s': stored once, as '%s'\n",
+                   alias.c_str(), kept.c_str(), kept.c_str());
     save_safetensors(a.out, sd, {{"format", "pt"}});
+    what = a.out;
+  } else {
+    // A training checkpoint: tensors by path, the tree as JSON metadata.
+    if (dtype) throw Error("--dtype works on a state dict; select one with --key");
+    size_t aliases = save_safetensors_checkpoint(a.out, root);
+    if (aliases > 0)
+      std::fprintf(stderr, "ckpt: note: %zu tensor reference(s) share another's data: stored once\n", aliases);
+    what = a.out + " (checkpoint tree in __metadata__[\"ckpt.tree\"])";
   }
-  std::fprintf(stderr, "ckpt: wrote %s (%s from %s)\n", a.out.c_str(), to.c_str(),
-               std::string(format_name(format)).c_str());
+  std::fprintf(stderr, "ckpt: wrote %s (%s from %s)\n", what.c_str(), to.c_str(), from.c_str());
   return kExitOk;
 }
 
@@ -61,11 +191,23 @@ int run_convert(const ConvertArgs& a) {
 
 void register_convert(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<ConvertArgs>();
-  CLI::App* cmd = app.add_subcommand("convert", "Re-save a checkpoint as a torch zip file or safetensors");
-  cmd->add_option("IN", args->in, "Input checkpoint (any format ckpt reads)")->required();
-  cmd->add_option("OUT", args->out, "Output file (written atomically)")->required();
-  cmd->add_option("--to", args->to, "Output format: torch (default) or safetensors (default for *.safetensors)");
+  CLI::App* cmd = app.add_subcommand(
+      "convert", "Re-save a checkpoint as a torch zip file, safetensors, or a sharded set");
+  cmd->add_option("IN", args->in, "Input: a checkpoint in any format ckpt reads, a shard index, or a directory")
+      ->required();
+  cmd->add_option("OUT", args->out,
+                  "Output file (written atomically), or a directory for a sharded set (with --max-shard-size)")
+      ->required();
+  cmd->add_option("--to", args->to,
+                  "Output format: torch or safetensors (default: safetensors for *.safetensors and directories)");
   cmd->add_option("--key", args->key, "Convert only this '/'-separated path inside the checkpoint (e.g. model)");
+  cmd->add_option("--rename", args->rename,
+                  "REGEX=REPLACEMENT applied to every tensor name (repeatable; e.g. '^module\\.=' strips DDP prefixes)");
+  cmd->add_option("--only", args->only, "Keep only tensors whose name matches REGEX (repeatable)");
+  cmd->add_option("--exclude", args->exclude, "Drop tensors whose name matches REGEX (repeatable)");
+  cmd->add_option("--dtype", args->dtype, "Cast floating tensors to bfloat16, float16, float32 or float64");
+  cmd->add_option("--max-shard-size", args->max_shard_size,
+                  "Write a Hugging Face sharded set into OUT (a directory) with shards of at most SIZE (e.g. 5GB)");
   cmd->add_flag("--objects", args->objects, "Admit non-allow-listed classes as inert objects when reading");
   cmd->callback([args, exit_code] { *exit_code = run_convert(*args); });
 }

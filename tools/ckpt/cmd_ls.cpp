@@ -54,7 +54,7 @@ int run_ls(const LsArgs& a) {
   opts.mmap = true;  // listing needs no copy of the data
   opts.weights_only = !a.objects;
   Format format = Format::unknown;
-  Value root = detail::load_file(detail::open_for_load(a.file, true), opts, &format, nullptr);
+  Value root = detail::load_path(a.file, opts, &format, nullptr);
 
   std::vector<TensorRef> tensors;
   std::optional<std::regex> filter;

@@ -1,0 +1,188 @@
+// ckpt::open: the lazy reader over single files and Hugging Face sharded sets.
+#include "ckpt/open.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <unordered_map>
+
+#include "api/open_internal.hpp"
+#include "api/sharded_internal.hpp"
+#include "ckpt/error.hpp"
+#include "ckpt/inspect.hpp"
+#include "formats/safetensors.hpp"
+#include "io/file.hpp"
+
+namespace fs = std::filesystem;
+
+namespace ckpt {
+
+struct Reader::Impl {
+  Format format = Format::unknown;
+  std::string path;
+  bool sharded = false;
+  std::vector<std::string> files;
+  std::vector<TensorInfo> infos;
+  std::vector<Tensor> tensors;  // parallel to infos
+  std::unordered_map<std::string, size_t> index;
+  std::map<std::string, std::string> metadata;
+  uint64_t nbytes = 0;
+
+  void add(const std::string& name, Tensor t, const std::string& file, const io::RandomAccessFile& f) {
+    TensorInfo info;
+    info.name = name;
+    info.dtype = t.dtype();
+    info.shape = t.sizes();
+    info.strides = t.strides();
+    info.storage_offset = t.storage_offset();
+    info.device = t.device();
+    info.file = file;
+    info.nbytes = t.nbytes();
+    info.contiguous = t.is_contiguous();
+    const std::byte* base = f.memory();
+    const Storage& s = t.storage();
+    if (base != nullptr && s.backing() == Storage::Backing::mapped && s.data() >= base &&
+        s.data() <= base + f.size()) {
+      info.file_offset = static_cast<int64_t>(s.data() - base) +
+                         t.storage_offset() * static_cast<int64_t>(t.itemsize());
+    }
+    if (!index.emplace(name, infos.size()).second)
+      throw FormatError("tensor " + name + " appears twice", ErrorContext{file, name, std::nullopt});
+    nbytes += info.nbytes;
+    infos.push_back(std::move(info));
+    tensors.push_back(std::move(t));
+  }
+};
+
+namespace {
+
+void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions& options) {
+  auto file = io::map_file(path);
+  LoadOptions lo;
+  lo.map_location = options.map_location;
+  lo.weights_only = options.weights_only;
+  lo.mmap = true;
+  Format format = Format::unknown;
+  Value root = detail::load_file(file, lo, &format, nullptr);
+  if (impl.format == Format::unknown) impl.format = format;
+  impl.files.push_back(path);
+  if (format == Format::safetensors) {
+    auto header = formats::read_safetensors_header(*file);
+    for (auto& [k, v] : header.metadata) impl.metadata.emplace(k, v);
+  }
+  if (!options.key.empty()) root = lookup(root, options.key);
+  for_each_tensor(root, [&](const std::string& name, const Tensor& t) { impl.add(name, t, path, *file); });
+}
+
+void open_index(Reader::Impl& impl, const std::string& index_path, const OpenOptions& options) {
+  detail::ShardIndex index = detail::read_shard_index(index_path);
+  impl.sharded = true;
+  impl.metadata = index.metadata;
+  const fs::path dir = fs::path(index_path).parent_path();
+  // Open every shard once, in order of first appearance in the weight map.
+  std::unordered_map<std::string, std::unordered_map<std::string, Tensor>> shard_tensors;
+  std::unordered_map<std::string, std::shared_ptr<io::RandomAccessFile>> shard_files;
+  for (const auto& shard : index.shards) {
+    const std::string shard_path = (dir / shard).string();
+    auto file = io::map_file(shard_path);
+    LoadOptions lo;
+    lo.map_location = options.map_location;
+    lo.weights_only = options.weights_only;
+    lo.mmap = true;
+    Format format = Format::unknown;
+    Value root = detail::load_file(file, lo, &format, nullptr);
+    if (impl.format == Format::unknown) impl.format = format;
+    auto& named = shard_tensors[shard];
+    for_each_tensor(root, [&](const std::string& name, const Tensor& t) {
+      if (!named.emplace(name, t).second)
+        throw FormatError("tensor " + name + " appears twice", ErrorContext{shard_path, name, std::nullopt});
+    });
+    shard_files[shard] = file;
+    impl.files.push_back(shard_path);
+  }
+  for (const auto& [name, shard] : index.weight_map) {
+    auto& named = shard_tensors[shard];
+    auto it = named.find(name);
+    const std::string shard_path = (dir / shard).string();
+    if (it == named.end())
+      throw FormatError("the index maps tensor " + name + " to " + shard + ", which does not hold it",
+                        ErrorContext{index_path, name, std::nullopt});
+    impl.add(name, it->second, shard_path, *shard_files[shard]);
+    named.erase(it);
+  }
+  for (const auto& shard : index.shards) {
+    const auto& rest = shard_tensors[shard];
+    if (!rest.empty()) {
+      std::vector<std::string> names;
+      for (const auto& [n, t] : rest) names.push_back(n);
+      std::sort(names.begin(), names.end());
+      throw FormatError("shard " + shard + " holds " + std::to_string(names.size()) +
+                            " tensor(s) the index does not list, e.g. " + names.front(),
+                        ErrorContext{index_path, names.front(), std::nullopt});
+    }
+  }
+}
+
+}  // namespace
+
+Reader open(const std::string& path, const OpenOptions& options) {
+  auto impl = std::make_shared<Reader::Impl>();
+  impl->path = path;
+  try {
+    std::error_code ec;
+    if (fs::is_directory(path, ec)) {
+      std::string found = detail::find_checkpoint_in_dir(path);
+      if (detail::is_shard_index(found)) open_index(*impl, found, options);
+      else open_single(*impl, found, options);
+    } else if (detail::is_shard_index(path)) {
+      open_index(*impl, path, options);
+    } else {
+      open_single(*impl, path, options);
+    }
+  } catch (Error& e) {
+    e.add_context(ErrorContext{path, "", std::nullopt});
+    throw;
+  }
+  return Reader(std::move(impl));
+}
+
+Format Reader::format() const { return impl_->format; }
+const std::string& Reader::path() const { return impl_->path; }
+bool Reader::sharded() const { return impl_->sharded; }
+const std::vector<std::string>& Reader::files() const { return impl_->files; }
+const std::vector<TensorInfo>& Reader::tensors() const { return impl_->infos; }
+size_t Reader::size() const { return impl_->infos.size(); }
+uint64_t Reader::nbytes() const { return impl_->nbytes; }
+const std::map<std::string, std::string>& Reader::metadata() const { return impl_->metadata; }
+
+std::vector<std::string> Reader::keys() const {
+  std::vector<std::string> out;
+  out.reserve(impl_->infos.size());
+  for (const auto& i : impl_->infos) out.push_back(i.name);
+  return out;
+}
+
+bool Reader::contains(std::string_view name) const { return impl_->index.count(std::string(name)) != 0; }
+
+namespace {
+size_t position(const Reader::Impl& impl, std::string_view name) {
+  auto it = impl.index.find(std::string(name));
+  if (it == impl.index.end())
+    throw TypeError("no tensor named '" + std::string(name) + "' (" + std::to_string(impl.infos.size()) +
+                        " tensors)",
+                    ErrorContext{impl.path, std::string(name), std::nullopt});
+  return it->second;
+}
+}  // namespace
+
+const TensorInfo& Reader::info(std::string_view name) const { return impl_->infos[position(*impl_, name)]; }
+Tensor Reader::get(std::string_view name) const { return impl_->tensors[position(*impl_, name)]; }
+Tensor Reader::copy(std::string_view name) const { return impl_->tensors[position(*impl_, name)].clone(); }
+
+StateDict Reader::state_dict(bool copy) const {
+  StateDict sd;
+  for (size_t i = 0; i < impl_->infos.size(); ++i)
+    sd.set(impl_->infos[i].name, copy ? impl_->tensors[i].clone() : impl_->tensors[i]);
+  return sd;
+}
+
+}  // namespace ckpt
