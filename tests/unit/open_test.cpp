@@ -1,0 +1,306 @@
+// ckpt::open (the lazy reader), Hugging Face sharded sets, pickle-free
+// training checkpoints in safetensors, Tensor::to and remove_shared_tensors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "ckpt/ckpt.hpp"
+#include "test_util.hpp"
+
+using namespace ckpt;
+using ckpt::testing::data_path;
+using ckpt::testing::slurp;
+using ckpt::testing::TempDir;
+using ckpt::testing::write_file;
+
+namespace {
+
+Tensor iota(DType dtype, std::vector<int64_t> sizes, float start = 0) {
+  Tensor t = Tensor::empty(DType::float32, sizes);
+  auto* p = reinterpret_cast<float*>(t.mutable_data());
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = start + static_cast<float>(i) * 0.5f;
+  return t.to(dtype);
+}
+
+StateDict sample_state_dict(int n, int64_t elems) {
+  StateDict sd;
+  for (int i = 0; i < n; ++i) sd.set("layer" + std::to_string(i) + ".weight", iota(DType::float32, {elems}, float(i)));
+  return sd;
+}
+
+// The bytes of `t` as they lie in `info.file` at `info.file_offset`.
+std::string bytes_in_file(const TensorInfo& info) {
+  std::string all = slurp(info.file);
+  return all.substr(static_cast<size_t>(info.file_offset), info.nbytes);
+}
+
+std::string bytes_of(const Tensor& t) {
+  auto b = t.contiguous_bytes();
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+}  // namespace
+
+TEST(Open, TorchZipListsWhatLoadGivesWithFileOffsets) {
+  for (const char* version : {"torch113", "torch2"}) {
+    const std::string path = data_path(std::string("valid/") + version + "/checkpoint.pt");
+    Reader r = open(path);
+    EXPECT_EQ(r.format(), Format::torch_zip);
+    EXPECT_FALSE(r.sharded());
+    Value loaded = load(path);
+    std::vector<std::string> paths;
+    for_each_tensor(loaded, [&](const std::string& p, const Tensor&) { paths.push_back(p); });
+    ASSERT_EQ(r.keys(), paths) << version;
+    for (const TensorInfo& info : r.tensors()) {
+      Tensor view = r.get(info.name);
+      EXPECT_EQ(view.storage().backing(), Storage::Backing::mapped) << info.name;
+      EXPECT_FALSE(view.storage().writable());
+      Tensor copy = r.copy(info.name);
+      EXPECT_TRUE(copy.storage().writable());
+      EXPECT_TRUE(copy.equal(view));
+      ASSERT_GE(info.file_offset, 0) << info.name;
+      if (info.contiguous) {
+        EXPECT_EQ(bytes_in_file(info), bytes_of(view)) << info.name;
+      }
+    }
+  }
+}
+
+TEST(Open, SafetensorsOffsetsAndMetadata) {
+  TempDir dir;
+  StateDict sd = sample_state_dict(5, 7);
+  sd.set("half", iota(DType::float16, {3, 2}));
+  save_safetensors(dir / "m.safetensors", sd, {{"format", "pt"}, {"note", "x"}});
+  Reader r = open(dir / "m.safetensors");
+  EXPECT_EQ(r.format(), Format::safetensors);
+  EXPECT_EQ(r.size(), 6u);
+  EXPECT_EQ(r.metadata().at("note"), "x");
+  EXPECT_EQ(r.nbytes(), 5u * 7 * 4 + 6 * 2);
+  for (const TensorInfo& info : r.tensors()) {
+    EXPECT_EQ(bytes_in_file(info), bytes_of(r.get(info.name)));
+    EXPECT_TRUE(r.get(info.name).equal(sd.at(info.name)));
+  }
+  EXPECT_TRUE(r.contains("half"));
+  EXPECT_FALSE(r.contains("nope"));
+  try {
+    (void)r.get("nope");
+    FAIL() << "expected TypeError";
+  } catch (const TypeError& e) {
+    EXPECT_NE(std::string(e.what()).find("no tensor named 'nope'"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Open, KeySelectsAStateDictInsideACheckpoint) {
+  OpenOptions o;
+  o.key = "model";
+  Reader r = open(data_path("valid/torch2/checkpoint.pt"), o);
+  for (const auto& name : r.keys()) EXPECT_EQ(name.find('/'), std::string::npos) << name;
+  EXPECT_GT(r.size(), 0u);
+}
+
+TEST(Open, MapLocationAppliesToEveryTensor) {
+  OpenOptions o;
+  o.map_location = MapLocation("meta");
+  Reader r = open(data_path("valid/torch2/net_state_dict.pt"), o);
+  for (const auto& info : r.tensors()) EXPECT_EQ(info.device, "meta");
+}
+
+TEST(Sharded, WritesTransformersLayoutAndReadsBackAsOneStateDict) {
+  TempDir dir;
+  StateDict sd = sample_state_dict(10, 100);  // 400 bytes each
+  ShardOptions so;
+  so.max_shard_size = 1000;  // two tensors per shard
+  ShardedFiles files = save_sharded(dir.path(), sd, so);
+  ASSERT_EQ(files.files.size(), 5u);
+  EXPECT_EQ(files.total_size, 4000u);
+  EXPECT_EQ(std::filesystem::path(files.files[0]).filename(), "model-00001-of-00005.safetensors");
+  EXPECT_EQ(std::filesystem::path(files.index).filename(), "model.safetensors.index.json");
+  auto index = nlohmann::json::parse(slurp(files.index));
+  EXPECT_EQ(index["metadata"]["total_size"], 4000);
+  EXPECT_EQ(index["weight_map"]["layer9.weight"], "model-00005-of-00005.safetensors");
+  EXPECT_EQ(slurp(files.index), index.dump(2) + "\n");
+
+  for (const std::string& target : {files.index, dir.path()}) {
+    Reader r = open(target);
+    EXPECT_TRUE(r.sharded());
+    EXPECT_EQ(r.files().size(), 5u);
+    EXPECT_EQ(r.metadata().at("total_size"), "4000");
+    ASSERT_EQ(r.size(), 10u);
+    for (const auto& [name, t] : sd) EXPECT_TRUE(r.get(name).equal(t)) << name;
+  }
+  // ckpt::load and load_state_dict accept the set too.
+  StateDict back = load_state_dict(dir.path());
+  EXPECT_EQ(back.size(), 10u);
+}
+
+TEST(Sharded, SingleShardHasNoIndexAndBigTensorsGetTheirOwnShard) {
+  TempDir a, b;
+  ShardedFiles one = save_sharded(a.path(), sample_state_dict(3, 10), {});
+  EXPECT_TRUE(one.index.empty());
+  ASSERT_EQ(one.files.size(), 1u);
+  EXPECT_EQ(std::filesystem::path(one.files[0]).filename(), "model.safetensors");
+
+  StateDict sd = sample_state_dict(3, 10);  // 40 bytes each
+  sd.set("big", iota(DType::float32, {100}));
+  sd.set("after", iota(DType::float32, {10}));
+  ShardOptions so;
+  so.max_shard_size = 100;
+  so.format = ShardFormat::torch;
+  ShardedFiles files = save_sharded(b.path(), sd, so);
+  // Greedy, as transformers: [layer0, layer1] then big alone (appended as soon
+  // as it is seen), then the still-open shard [layer2, after].
+  ASSERT_EQ(files.files.size(), 3u);
+  EXPECT_EQ(std::filesystem::path(files.index).filename(), "pytorch_model.bin.index.json");
+  Reader r = open(files.index);
+  EXPECT_EQ(r.format(), Format::torch_zip);
+  EXPECT_EQ(r.size(), 5u);
+  EXPECT_EQ(r.info("big").file, files.files[1]);
+  EXPECT_EQ(r.info("after").file, files.files[2]);
+  EXPECT_EQ(r.info("layer2.weight").file, files.files[2]);
+}
+
+TEST(Sharded, HostileOrInconsistentIndexesAreRefused) {
+  TempDir dir;
+  save_safetensors(dir / "s1.safetensors", sample_state_dict(2, 4));
+  auto expect_error = [&](const std::string& index_text, const std::string& needle) {
+    write_file(dir / "model.safetensors.index.json", index_text);
+    try {
+      (void)open(dir / "model.safetensors.index.json");
+      ADD_FAILURE() << "expected an error for " << index_text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error(R"({"weight_map": {"layer0.weight": "../s1.safetensors"}})", "not a plain file name");
+  expect_error(R"({"weight_map": {"layer0.weight": "/etc/passwd"}})", "not a plain file name");
+  expect_error(R"({"weight_map": {"layer0.weight": "s1.safetensors", "x": "s1.safetensors", "layer1.weight": "s1.safetensors"}})",
+               "does not hold it");
+  expect_error(R"({"weight_map": {"layer0.weight": "s1.safetensors"}})", "does not list");
+  expect_error(R"({"weight_map": {"layer0.weight": 3}})", "not a file name");
+  expect_error(R"({"weight_map": {"layer0.weight": "missing.safetensors"}})", "missing.safetensors");
+}
+
+TEST(Sharded, ParseSize) {
+  EXPECT_EQ(parse_size("5GB"), 5'000'000'000u);
+  EXPECT_EQ(parse_size("10GiB"), uint64_t{10} << 30);
+  EXPECT_EQ(parse_size("500MB"), 500'000'000u);
+  EXPECT_EQ(parse_size("1.5GB"), 1'500'000'000u);
+  EXPECT_EQ(parse_size("4kb"), 4000u);
+  EXPECT_EQ(parse_size("123"), 123u);
+  for (const char* bad : {"", "GB", "5XB", "-5GB", "0", "1e400GB", "5 G B"}) EXPECT_THROW(parse_size(bad), TypeError) << bad;
+}
+
+TEST(Cast, RoundsToNearestEvenLikeTorch) {
+  auto one = [](float v, DType to) {
+    Tensor t = Tensor::from_bytes(DType::float32, {1}, {reinterpret_cast<const std::byte*>(&v), 4});
+    Tensor c = t.to(to);
+    uint16_t bits;
+    std::memcpy(&bits, c.data(), 2);
+    return bits;
+  };
+  EXPECT_EQ(one(1.0f, DType::float16), 0x3c00);
+  EXPECT_EQ(one(65504.0f, DType::float16), 0x7bff);
+  EXPECT_EQ(one(65520.0f, DType::float16), 0x7c00);  // rounds up to inf
+  EXPECT_EQ(one(65519.0f, DType::float16), 0x7bff);
+  EXPECT_EQ(one(std::ldexp(1.0f, -24), DType::float16), 0x0001);  // smallest subnormal
+  EXPECT_EQ(one(std::ldexp(1.0f, -25), DType::float16), 0x0000);  // tie -> even (zero)
+  EXPECT_EQ(one(1.0f + std::ldexp(1.0f, -11), DType::float16), 0x3c00);  // tie -> even
+  EXPECT_EQ(one(1.0f + 3 * std::ldexp(1.0f, -11), DType::float16), 0x3c02);
+  EXPECT_EQ(one(-0.0f, DType::float16), 0x8000);
+  EXPECT_EQ(one(INFINITY, DType::bfloat16), 0x7f80);
+  EXPECT_EQ(one(1.0f + std::ldexp(1.0f, -8), DType::bfloat16), 0x3f80);  // tie -> even
+  EXPECT_EQ(one(1.0f + 3 * std::ldexp(1.0f, -8), DType::bfloat16), 0x3f82);
+  EXPECT_EQ(one(NAN, DType::bfloat16), 0x7fc0);
+  EXPECT_EQ(one(NAN, DType::float16) & 0x7e00, 0x7e00);
+  // and back: every half value converts exactly to float32
+  Tensor h = iota(DType::float16, {8}, -2);
+  Tensor f = h.to(DType::float32);
+  EXPECT_TRUE(f.to(DType::float16).equal(h));
+  EXPECT_THROW((void)iota(DType::float32, {2}).to(DType::int64), UnsupportedError);
+}
+
+TEST(TrainingCheckpoint, SafetensorsRoundTripKeepsTheWholeTree) {
+  TempDir dir;
+  Value ck = Value::dict();
+  Dict& d = ck.as_dict();
+  Value model = Value::ordered_dict();
+  Tensor w = iota(DType::float32, {3, 4});
+  w.set_requires_grad(true);
+  w.set_is_parameter(true);
+  model.as_dict().set("fc.weight", w);
+  model.as_dict().set("head.weight", w);  // tied
+  model.as_dict().set("fc.weight_t", Tensor(w.storage(), DType::float32, {4, 3}, {1, 4}));  // another view
+  Value meta = Value::ordered_dict();
+  meta.as_dict().set("", Value::dict());
+  model.as_dict().attributes = meta;
+  d.set("model", model);
+  Value state = Value::dict();
+  state.as_dict().set(Value(0), Value::dict());
+  state.as_dict().at(Value(0)).as_dict().set("step", iota(DType::float32, {}));
+  d.set("optimizer", state);
+  d.set("epoch", Value(int64_t{7}));
+  d.set("best", Value(0.125));
+  d.set("nan", Value(std::nan("")));
+  d.set("inf", Value(-HUGE_VAL));
+  d.set("name", Value("run"));
+  d.set("blob", Value::bytes(std::string("\0\x01\xff", 3)));
+  d.set("tuple", Value::tuple({Value(1), Value("a"), Value()}));
+  d.set("$weird", Value(true));
+  d.set("dtype", Value(DType::bfloat16));
+  d.set("size", Value(Size{{2, 3}}));
+  d.set("c", Value(std::complex<double>(1.5, -2)));
+  BigInt big{{0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80}};  // -2^71
+  d.set("big", Value(big));
+
+  size_t aliases = save_safetensors_checkpoint(dir / "ck.safetensors", ck);
+  EXPECT_EQ(aliases, 1u);
+  // Plain readers see every tensor by path, tied ones once.
+  StateDict plain = load_safetensors(dir / "ck.safetensors");
+  EXPECT_EQ(plain.keys(), (std::vector<std::string>{"model/fc.weight", "model/fc.weight_t", "optimizer/0/step"}));
+  Value back = load(dir / "ck.safetensors");
+  EXPECT_EQ(back.repr(), ck.repr());
+  const Dict& bm = back.as_dict().at(Value("model")).as_dict();
+  EXPECT_TRUE(bm.ordered);
+  EXPECT_TRUE(bm.at(Value("fc.weight")).as_tensor().requires_grad());
+  EXPECT_TRUE(bm.at(Value("fc.weight")).as_tensor().is_parameter());
+  EXPECT_EQ(bm.at(Value("fc.weight")).as_tensor().storage(), bm.at(Value("head.weight")).as_tensor().storage());
+  EXPECT_TRUE(bm.at(Value("fc.weight_t")).as_tensor().equal(model.as_dict().at(Value("fc.weight_t")).as_tensor()));
+  EXPECT_TRUE(std::isnan(back.as_dict().at(Value("nan")).as_float()));
+  EXPECT_EQ(back.as_dict().at(Value("big")).as_bigint(), big);
+  EXPECT_EQ(back.as_dict().at(Value("blob")).as_bytes(), std::string("\0\x01\xff", 3));
+  EXPECT_TRUE(back.as_dict().at(Value("optimizer")).as_dict().contains(Value(0)));
+  // Inert objects have no JSON form.
+  Value obj = Value::dict();
+  obj.as_dict().set("g", Value(Global{"argparse", "Namespace"}));
+  EXPECT_THROW(save_safetensors_checkpoint(dir / "o.safetensors", obj), UnsupportedError);
+  EXPECT_FALSE(std::filesystem::exists(dir / "o.safetensors"));
+}
+
+TEST(TrainingCheckpoint, MalformedTreesAreFormatErrors) {
+  TempDir dir;
+  StateDict sd = sample_state_dict(1, 2);
+  for (const char* tree : {"{", R"({"a": {"$tensor": "missing"}})", R"({"$nope": 1})", R"({"a": {"$bytes": "###"}})",
+                           R"({"a": {"$dict": [[[1, 2], 1]]}})", R"({"a": {"$int": "12x"}})"}) {
+    save_safetensors(dir / "t.safetensors", sd, {{"ckpt.tree", tree}});
+    EXPECT_THROW((void)load(dir / "t.safetensors"), FormatError) << tree;
+  }
+}
+
+TEST(RemoveShared, KeepsTheFirstNameOfTiedWeightsAndCopiesOverlaps) {
+  StateDict sd;
+  Tensor w = iota(DType::float32, {4, 4});
+  sd.set("emb", w);
+  sd.set("head", w);
+  sd.set("row", Tensor(w.storage(), DType::float32, {4}, {1}, 4));
+  sd.set("other", iota(DType::float32, {2}));
+  auto report = remove_shared_tensors(sd);
+  ASSERT_EQ(report.size(), 2u);
+  EXPECT_EQ(report[0], (std::pair<std::string, std::string>{"head", "emb"}));
+  EXPECT_EQ(report[1], (std::pair<std::string, std::string>{"row", ""}));
+  EXPECT_EQ(sd.keys(), (std::vector<std::string>{"emb", "row", "other"}));
+  EXPECT_NE(sd.at("row").storage(), w.storage());
+  EXPECT_NO_THROW(save_safetensors_to_buffer(sd));
+}
