@@ -57,6 +57,21 @@ namespace {
 
 void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions& options) {
   auto file = io::map_file(path);
+  if (detail::detect(file) == Format::safetensors && options.key.empty()) {
+    // The flat tensors straight from the header, parsed once (a ckpt.tree
+    // is not rebuilt: its tensors are already named by their paths).
+    if (impl.format == Format::unknown) impl.format = Format::safetensors;
+    impl.files.push_back(path);
+    auto header = formats::read_safetensors_header(*file);
+    for (auto& [k, v] : header.metadata) impl.metadata.emplace(k, v);
+    auto tensors = formats::read_safetensors(*file, std::move(header), /*mmap=*/true,
+                                             options.map_location.apply("cpu"));
+    impl.infos.reserve(tensors.size());
+    impl.tensors.reserve(tensors.size());
+    impl.index.reserve(tensors.size());
+    for (auto& [name, t] : tensors) impl.add(name, std::move(t), path, *file);
+    return;
+  }
   LoadOptions lo;
   lo.map_location = options.map_location;
   lo.weights_only = options.weights_only;

@@ -613,6 +613,12 @@ SafetensorsHeader read_safetensors_header(const io::RandomAccessFile& file) {
 std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAccessFile& file, bool mmap,
                                                              const std::string& device) {
   SafetensorsHeader header = read_safetensors_header(file);
+  return read_safetensors(file, std::move(header), mmap, device);
+}
+
+std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAccessFile& file,
+                                                             SafetensorsHeader header, bool mmap,
+                                                             const std::string& device) {
   const std::byte* memory = mmap ? file.memory() : nullptr;
   std::shared_ptr<const void> keepalive = memory ? file.keepalive() : nullptr;
   std::vector<std::pair<std::string, Tensor>> out;
@@ -645,11 +651,13 @@ std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAcc
 }
 
 Value load_safetensors(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options) {
-  auto tensors = read_safetensors(*file, options.mmap, options.map_location.apply("cpu"));
+  SafetensorsHeader header = read_safetensors_header(*file);
   // A pickle-free training checkpoint carries its object tree as JSON.
-  const auto header = read_safetensors_header(*file);
+  std::string tree;
   for (const auto& [key, text] : header.metadata)
-    if (key == kTreeMetadataKey) return decode_tree(text, tensors, options);
+    if (key == kTreeMetadataKey) tree = text;
+  auto tensors = read_safetensors(*file, std::move(header), options.mmap, options.map_location.apply("cpu"));
+  if (!tree.empty()) return decode_tree(tree, tensors, options);
   Value v = Value::dict();
   Dict& d = v.as_dict();
   d.reserve(tensors.size());

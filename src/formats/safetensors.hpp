@@ -77,6 +77,10 @@ SafetensorsHeader read_safetensors_header(const io::RandomAccessFile& file);
 // element size (else a copy). Devices are `device` ("cpu").
 std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAccessFile& file, bool mmap,
                                                              const std::string& device = "cpu");
+// The same from a header already read (and consumed).
+std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAccessFile& file,
+                                                             SafetensorsHeader header, bool mmap,
+                                                             const std::string& device = "cpu");
 
 // ckpt::load()'s view: a plain dict name -> Tensor in data order, with
 // options.mmap and options.map_location applied (saved device: "cpu").
