@@ -63,4 +63,16 @@ class StateDict {
   void reindex();
 };
 
+// Whole-model pickles (torch.save(model)) read with weights_only = false are
+// trees of inert nn.Module objects. module_state_dict() walks one the way
+// Python's model.state_dict() does — each module's non-None _parameters,
+// then its _buffers minus _non_persistent_buffers_set, then its _modules,
+// names joined with '.' — and returns detached tensors (tied weights stay
+// shared). Nothing is executed; the classes need not exist anywhere.
+// `_metadata` is left empty (module versions are class attributes, not in
+// the file) and get_extra_state() payloads are not included.
+// Throws ckpt::TypeError when `module` is not such an object.
+bool is_module_object(const Value& value);
+StateDict module_state_dict(const Value& module);
+
 }  // namespace ckpt

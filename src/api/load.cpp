@@ -7,6 +7,7 @@
 #include "api/sharded_internal.hpp"
 #include "ckpt/open.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
@@ -110,8 +111,52 @@ std::shared_ptr<io::RandomAccessFile> open_for_load(const std::string& path, boo
   return mmap ? io::map_file(path) : io::open_file(path);
 }
 
+namespace {
+
+// Collects the non-allow-listed globals a pickle references.
+class ClassCollector : public pickle::Observer {
+ public:
+  std::vector<std::string> names;
+  void on_event(const pickle::Event& e) override {
+    if (e.kind != pickle::Event::Kind::global || e.allowed) return;
+    std::string q = e.module + "." + e.name;
+    if (std::find(names.begin(), names.end(), q) == names.end()) names.push_back(std::move(q));
+  }
+};
+
+Value load_file_once(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,
+                     Format* format_out, pickle::Observer* observer);
+
+}  // namespace
+
 Value load_file(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,
                 Format* format_out, pickle::Observer* observer) {
+  try {
+    return load_file_once(file, options, format_out, observer);
+  } catch (const UnsafeError& e) {
+    if (!options.weights_only) throw;
+    // Name every class the file needs, not just the first, by reading it
+    // again in inspection mode (nothing is executed either way).
+    ClassCollector collector;
+    try {
+      LoadOptions inspect = options;
+      inspect.weights_only = false;
+      (void)load_file_once(file, inspect, nullptr, &collector);
+    } catch (const Error&) {
+    }
+    if (collector.names.size() <= 1) throw;
+    std::string list;
+    for (size_t i = 0; i < collector.names.size() && i < 12; ++i) list += (i ? ", " : "") + collector.names[i];
+    if (collector.names.size() > 12) list += ", ... (" + std::to_string(collector.names.size()) + " in all)";
+    throw UnsafeError(e.message() + "; the file references these globals outside the allow-list: " + list,
+                      e.context());
+  }
+}
+
+namespace {
+
+Value load_file_once(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,
+                     Format* format_out, pickle::Observer* observer) {
   try {
     Format f = detect(file);
     if (format_out) *format_out = f;
@@ -143,6 +188,8 @@ Value load_file(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOpt
     throw;
   }
 }
+
+}  // namespace
 
 }  // namespace detail
 
@@ -213,6 +260,7 @@ std::string suggest_key(const Value& v) {
 
 StateDict to_state_dict(const Value& root, const LoadOptions& options, const std::string& name) {
   const Value& v = options.key.empty() ? root : lookup(root, options.key);
+  if (is_module_object(v)) return module_state_dict(v);  // torch.save(model), weights_only=false
   try {
     return StateDict::from_value(v);
   } catch (const TypeError& e) {

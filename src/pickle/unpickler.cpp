@@ -681,7 +681,7 @@ class Machine final : public CallContext {
   std::string refused_message(const std::string& qualified) const {
     return "global '" + qualified +
            "' is not allowed when loading weights (use 'ckpt scan' to inspect the file, or load with "
-           "weights_only=false to see it as an inert object)";
+           "weights_only=false (ckpt CLI: --objects) to see it as an inert object)";
   }
 
   Value resolve_global(std::string module, std::string name) {

@@ -144,6 +144,7 @@ int run_convert(const ConvertArgs& a) {
   Value root = detail::load_path(a.in, opts, &format, nullptr);
   const std::string from(format_name(format));
   if (!a.key.empty()) root = lookup(root, a.key);
+  if (is_module_object(root)) root = module_state_dict(root).to_value();  // torch.save(model) + --objects
 
   StateDict sd;
   const bool flat = as_state_dict(root, sd);

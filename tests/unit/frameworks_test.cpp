@@ -1,0 +1,137 @@
+// Checkpoints that frameworks and old code leave behind, written by the real
+// torch 1.13 and 2.x (tests/data/make_framework_fixtures.py): whole-model
+// pickles, Lightning .ckpt files, files saved on GPUs.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "ckpt/ckpt.hpp"
+#include "test_util.hpp"
+
+using namespace ckpt;
+using ckpt::testing::data_path;
+using ckpt::testing::slurp;
+
+namespace {
+
+nlohmann::json expected(const std::string& version, const std::string& name) {
+  return nlohmann::json::parse(slurp(data_path("valid/" + version + "/" + name + ".expected.json")));
+}
+
+void expect_listing(const StateDict& sd, const nlohmann::json& tensors, const std::string& what) {
+  ASSERT_EQ(sd.size(), tensors.size()) << what;
+  size_t i = 0;
+  for (const auto& [name, t] : sd) {
+    const auto& e = tensors[i++];
+    EXPECT_EQ(name, e["path"].get<std::string>()) << what;
+    EXPECT_EQ(std::string(ckpt::name(t.dtype())), e["dtype"].get<std::string>()) << what << " " << name;
+    EXPECT_EQ(t.sizes(), e["shape"].get<std::vector<int64_t>>()) << what << " " << name;
+    EXPECT_EQ(tensor_sha256(t), e["sha256"].get<std::string>()) << what << " " << name;
+  }
+}
+
+class Frameworks : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Frameworks, FullModelPickleGivesModelStateDict) {
+  const std::string path = data_path("valid/" + GetParam() + "/full_model.pt");
+  auto exp = expected(GetParam(), "full_model");
+  // Without the option: an error naming every class and the way out.
+  try {
+    (void)load_state_dict(path);
+    FAIL() << "expected UnsafeError";
+  } catch (const UnsafeError& e) {
+    const std::string msg = e.what();
+    for (const auto& cls : exp["classes"]) EXPECT_NE(msg.find(cls.get<std::string>()), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--objects"), std::string::npos) << msg;
+  }
+  LoadOptions o;
+  o.weights_only = false;
+  StateDict sd = load_state_dict(path, o);
+  expect_listing(sd, exp["tensors"], path);
+  EXPECT_EQ(sd.at("embed.weight").storage(), sd.at("head.weight").storage());  // tied
+  EXPECT_FALSE(sd.at("embed.weight").is_parameter());
+  EXPECT_FALSE(sd.contains("block.cache"));  // non-persistent buffer
+  Value tree = load(path, o);
+  EXPECT_TRUE(is_module_object(tree));
+  EXPECT_EQ(tree.as_object().qualified(), "torch.nn.modules.container.Sequential");
+  EXPECT_THROW(module_state_dict(Value(1)), TypeError);
+}
+
+TEST_P(Frameworks, LightningCheckpointReadsEveryKey) {
+  const std::string path = data_path("valid/" + GetParam() + "/lightning.ckpt");
+  auto exp = expected(GetParam(), "lightning");
+  try {
+    (void)load(path);
+    FAIL() << "expected UnsafeError";
+  } catch (const UnsafeError& e) {
+    for (const auto& cls : exp["classes"])
+      EXPECT_NE(std::string(e.what()).find(cls.get<std::string>()), std::string::npos) << e.what();
+  }
+  LoadOptions o;
+  o.weights_only = false;
+  Value root = load(path, o);
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : root.as_dict()) keys.push_back(k.as_string());
+  EXPECT_EQ(keys, exp["keys"].get<std::vector<std::string>>());
+  EXPECT_EQ(lookup(root, "epoch").as_int(), exp["epoch"].get<int64_t>());
+  EXPECT_EQ(lookup(root, "global_step").as_int(), exp["global_step"].get<int64_t>());
+  o.key = "state_dict";
+  expect_listing(load_state_dict(path, o), exp["state_dict"], path);
+  // optimizer_states / lr_schedulers / loops / callbacks are plain data
+  const Value& opt = lookup(root, "optimizer_states/0");
+  std::vector<std::string> state_keys;
+  for (const auto& [k, v] : lookup(opt, "state").as_dict()) state_keys.push_back(std::to_string(k.as_int()));
+  std::sort(state_keys.begin(), state_keys.end());
+  EXPECT_EQ(state_keys, exp["optimizer_state_keys"].get<std::vector<std::string>>());
+  EXPECT_TRUE(lookup(opt, "state/0/exp_avg").is_tensor());
+  EXPECT_EQ(lookup(root, "lr_schedulers/0/last_epoch").as_int(), exp["lr_schedulers_last_epoch"].get<int64_t>());
+  EXPECT_EQ(lookup(root, "loops/fit_loop/epoch_progress/total/completed").as_int(), 3);
+  const Value& cb = lookup(root, "callbacks").as_dict().begin()->second;
+  const Tensor score = lookup(cb, "best_model_score").as_tensor();
+  ASSERT_EQ(score.dtype(), DType::float32);
+  float score_value = 0;
+  std::memcpy(&score_value, score.data(), sizeof score_value);
+  EXPECT_FLOAT_EQ(score_value, exp["best_model_score"].get<float>());
+  // hyper_parameters: Lightning's AttributeDict (a dict subclass) holding an
+  // argparse.Namespace, both inert objects.
+  const Value& hp = lookup(root, "hyper_parameters");
+  ASSERT_TRUE(hp.is_object());
+  EXPECT_EQ(hp.as_object().qualified(), "pytorch_lightning.utilities.parsing.AttributeDict");
+  const Object& ad = hp.as_object();
+  const Value* args = nullptr;
+  for (const auto& [k, v] : ad.dict_items)
+    if (k.is_string() && k.as_string() == "args") args = &v;
+  ASSERT_NE(args, nullptr);
+  ASSERT_TRUE(args->is_object());
+  EXPECT_EQ(args->as_object().qualified(), "argparse.Namespace");
+  EXPECT_EQ(lookup(args->as_object().state, "batch_size").as_int(), 32);
+}
+
+TEST_P(Frameworks, CudaSavedFileKeepsDevicesAndMapLocationMovesThem) {
+  const std::string path = data_path("valid/" + GetParam() + "/cuda_locations.pt");
+  auto exp = expected(GetParam(), "cuda_locations");
+  StateDict sd = load_state_dict(path);
+  expect_listing(sd, exp["tensors"], path);
+  for (const auto& [name, dev] : exp["devices"].items()) EXPECT_EQ(sd.at(name).device(), dev.get<std::string>()) << name;
+  EXPECT_EQ(sd.at("b.bias").storage(), sd.at("a.weight").storage());
+
+  LoadOptions o;
+  o.map_location = MapLocation(std::map<std::string, std::string>{{"cuda:1", "cuda:0"}});
+  for (const auto& [name, t] : load_state_dict(path, o)) EXPECT_EQ(t.device(), "cuda:0") << name;
+  o.map_location = MapLocation("cpu");
+  for (const auto& [name, t] : load_state_dict(path, o)) EXPECT_EQ(t.device(), "cpu") << name;
+  o.map_location = MapLocation([](const std::string& d) { return d == "cuda:1" ? std::string("cuda:3") : d; });
+  StateDict moved = load_state_dict(path, o);
+  EXPECT_EQ(moved.at("a.bias").device(), "cuda:3");
+  EXPECT_EQ(moved.at("a.weight").device(), "cuda:0");
+  OpenOptions oo;
+  oo.map_location = MapLocation("cpu");
+  for (const auto& info : open(path, oo).tensors()) EXPECT_EQ(info.device, "cpu");
+}
+
+INSTANTIATE_TEST_SUITE_P(Torch, Frameworks, ::testing::Values("torch113", "torch2"),
+                         [](const auto& p) { return p.param; });
+
+}  // namespace
