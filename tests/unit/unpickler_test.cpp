@@ -881,7 +881,7 @@ TEST(UnpicklerMalicious, RefusedInWeightsOnlyNamingTheGlobalAndOffset) {
     } catch (const UnsafeError& e) {
       EXPECT_EQ(e.message(), "global '" + m.global +
                                  "' is not allowed when loading weights (use 'ckpt scan' to inspect the file, or load "
-                                 "with weights_only=false to see it as an inert object)");
+                                 "with weights_only=false (ckpt CLI: --objects) to see it as an inert object)");
       EXPECT_EQ(e.context().file, "t.pkl");
       EXPECT_EQ(e.context().record, "data.pkl");
       EXPECT_EQ(e.context().offset, m.offset);
@@ -892,7 +892,7 @@ TEST(UnpicklerMalicious, RefusedInWeightsOnlyNamingTheGlobalAndOffset) {
 TEST(UnpicklerMalicious, ExactMessage) {
   EXPECT_EQ(error_of<UnsafeError>(P().proto(2).global("os", "system").binunicode("x").tuple1().reduce().stop()),
             "t.pkl: record 'data.pkl': offset 0x2: global 'os.system' is not allowed when loading weights (use "
-            "'ckpt scan' to inspect the file, or load with weights_only=false to see it as an inert object)");
+            "'ckpt scan' to inspect the file, or load with weights_only=false (ckpt CLI: --objects) to see it as an inert object)");
 }
 
 TEST(UnpicklerMalicious, InspectModeKeepsThemInertAndReportsThem) {
