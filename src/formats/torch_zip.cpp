@@ -167,7 +167,41 @@ Value load_torch_zip(const zip::ZipReader& zip, const LoadOptions& options, pick
         "this is a TorchScript archive (it has constants.pkl); load it as TorchScript", {file});
   if (info.version == 0)
     throw FormatError("archive has no 'version' record; not a torch checkpoint", {file, info.prefix});
-  return unpickle_record(zip, info, "data.pkl", "data", options, observer);
+  // LibTorch's torch::pickle_save wraps typed containers in identity
+  // functions (restore_type_tag(value, "Dict[str, Tensor]")): read them as
+  // inert wrappers and keep their first argument. Nothing is called.
+  return unwrap_jit_containers(
+      unpickle_record(zip, info, "data.pkl", "data", options, observer, is_jit_container_wrapper));
+}
+
+bool is_jit_container_wrapper(std::string_view module, std::string_view name) {
+  return module == "torch.jit._pickle" && (name == "restore_type_tag" || name == "build_intlist" ||
+                                           name == "build_tensorlist" || name == "build_doublelist" ||
+                                           name == "build_boollist");
+}
+
+Value unwrap_jit_containers(const Value& v, int depth) {
+  if (depth > 2000) throw FormatError("TorchScript object nesting is too deep");
+  switch (v.kind()) {
+    case Value::Kind::Object: {
+      Object& o = v.as_object();
+      if (is_jit_container_wrapper(o.module, o.name)) {
+        if (!o.args.is_tuple() || o.args.as_tuple().empty()) throw FormatError(o.qualified() + " has no arguments");
+        return unwrap_jit_containers(o.args.as_tuple()[0], depth + 1);
+      }
+      if (!o.state.is_none()) o.state = unwrap_jit_containers(o.state, depth + 1);
+      return v;
+    }
+    case Value::Kind::List:
+    case Value::Kind::Tuple:
+      for (auto& item : v.items()) item = unwrap_jit_containers(item, depth + 1);
+      return v;
+    case Value::Kind::Dict:
+      for (auto& [k, val] : v.as_dict()) val = unwrap_jit_containers(val, depth + 1);
+      return v;
+    default:
+      return v;
+  }
 }
 
 Value unpickle_record(const zip::ZipReader& zip, const TorchZipInfo& info, const std::string& pickle_record,

@@ -9,45 +9,10 @@ namespace ckpt::formats {
 namespace {
 
 constexpr std::string_view kTorchModule = "__torch__";
-constexpr std::string_view kJitPickle = "torch.jit._pickle";
 constexpr size_t kMaxCodeRecord = size_t{64} << 20;  // class sources are kilobytes
 
 bool is_torchscript_class(std::string_view module) {
   return module == kTorchModule || module.starts_with("__torch__.");
-}
-
-// TorchScript's typed-container wrappers: restore_type_tag(value, "List[int]"),
-// build_intlist(list), ... all carry the plain value as their first argument.
-bool is_container_wrapper(std::string_view module, std::string_view name) {
-  return module == kJitPickle && (name == "restore_type_tag" || name == "build_intlist" ||
-                                  name == "build_tensorlist" || name == "build_doublelist" ||
-                                  name == "build_boollist");
-}
-
-// Replaces wrapper objects by their first argument, everywhere in the tree.
-Value unwrap(const Value& v, int depth = 0) {
-  if (depth > 2000) throw FormatError("TorchScript object nesting is too deep");
-  switch (v.kind()) {
-    case Value::Kind::Object: {
-      Object& o = v.as_object();
-      if (is_container_wrapper(o.module, o.name)) {
-        if (!o.args.is_tuple() || o.args.as_tuple().empty())
-          throw FormatError(o.qualified() + " has no arguments");
-        return unwrap(o.args.as_tuple()[0], depth + 1);
-      }
-      if (!o.state.is_none()) o.state = unwrap(o.state, depth + 1);
-      return v;
-    }
-    case Value::Kind::List:
-    case Value::Kind::Tuple:
-      for (auto& item : v.items()) item = unwrap(item, depth + 1);
-      return v;
-    case Value::Kind::Dict:
-      for (auto& [k, val] : v.as_dict()) val = unwrap(val, depth + 1);
-      return v;
-    default:
-      return v;
-  }
 }
 
 struct ClassInfo {
@@ -161,15 +126,15 @@ TorchScriptModule read_torchscript(const zip::ZipReader& zip, const LoadOptions&
     throw FormatError("TorchScript archive has no data.pkl", {file});
   }
   auto accept = [](std::string_view module, std::string_view name) {
-    return is_torchscript_class(module) || is_container_wrapper(module, name);
+    return is_torchscript_class(module) || is_jit_container_wrapper(module, name);
   };
   // Module objects are inert by construction; the allow-list still applies to
   // everything else (an os.system in a TorchScript pickle is refused).
   LoadOptions opts = options;
   TorchScriptModule m;
-  m.root = unwrap(unpickle_record(zip, info, "data.pkl", "data", opts, observer, accept));
+  m.root = unwrap_jit_containers(unpickle_record(zip, info, "data.pkl", "data", opts, observer, accept));
   const std::string constants_dir = zip.find(info.prefix + "/constants.pkl") ? "constants" : "data";
-  m.constants = unwrap(unpickle_record(zip, info, "constants.pkl", constants_dir, opts, observer, accept));
+  m.constants = unwrap_jit_containers(unpickle_record(zip, info, "constants.pkl", constants_dir, opts, observer, accept));
   if (m.root.is_object()) {
     ClassSources sources(zip, info.prefix);
     collect_state(m.root, "", sources, m.state_dict, 0);

@@ -131,6 +131,39 @@ TEST_P(Frameworks, CudaSavedFileKeepsDevicesAndMapLocationMovesThem) {
   for (const auto& info : open(path, oo).tensors()) EXPECT_EQ(info.device, "cpu");
 }
 
+// Files LibTorch's C++ API writes (tests/data/libtorch/make.sh, expectations
+// from the same version's Python: torch.jit.load(f).state_dict() / torch.load).
+class LibTorchFiles : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(LibTorchFiles, ReadAsTheSameVersionsPythonReadsThem) {
+  const std::string dir = "valid/" + GetParam() + "/";
+  for (const char* name : {"module", "tensor", "tensors", "optimizer"}) {
+    const std::string path = data_path(dir + name + ".pt");
+    EXPECT_EQ(detect_format(path), Format::torchscript) << path;
+    expect_listing(load_state_dict(path), expected(GetParam(), name)["tensors"], path);
+  }
+  // torch::save(optimizer): Adam's state tensors are attributes of submodules,
+  // listed in the module tree that weights_only=false gives.
+  LoadOptions o;
+  o.weights_only = false;
+  std::vector<std::string> state;
+  for_each_tensor(load(data_path(dir + "optimizer.pt"), o), [&](const std::string& p, const Tensor&) {
+    auto slash = p.rfind('/');
+    std::string leaf = p.substr(slash + 1);
+    if (leaf == "exp_avg" || leaf == "exp_avg_sq") state.push_back(leaf);
+  });
+  std::sort(state.begin(), state.end());
+  EXPECT_EQ(state, expected(GetParam(), "optimizer")["state_tensors"].get<std::vector<std::string>>());
+  // torch::pickle_save: the torch.save zip format, typed containers wrapped in
+  // torch.jit._pickle.restore_type_tag (an identity function, read inertly).
+  const std::string pickle = data_path(dir + "pickle.pt");
+  EXPECT_EQ(detect_format(pickle), Format::torch_zip);
+  expect_listing(load_state_dict(pickle), expected(GetParam(), "pickle")["tensors"], pickle);
+}
+
+INSTANTIATE_TEST_SUITE_P(LibTorch, LibTorchFiles, ::testing::Values("libtorch113", "libtorch2"),
+                         [](const auto& p) { return p.param; });
+
 INSTANTIATE_TEST_SUITE_P(Torch, Frameworks, ::testing::Values("torch113", "torch2"),
                          [](const auto& p) { return p.param; });
 
