@@ -53,7 +53,7 @@ void print_text(const std::vector<ScanReport>& reports) {
     for (const auto& f : r.findings) {
       std::string where = f.record.empty() ? "" : escaped(f.record);
       std::string what = f.module.empty() ? "<" + escaped(f.name) + ">" : escaped(f.module) + "." + escaped(f.name);
-      std::printf("  %s@%s  %-9s  %-10s %s\n", where.c_str(), hex(f.offset).c_str(), f.op.c_str(),
+      std::printf("  %s @%s  %-9s  %-10s %s\n", where.c_str(), hex(f.offset).c_str(), f.op.c_str(),
                   std::string(scan_category_name(f.category)).c_str(), what.c_str());
     }
     if (r.findings_omitted > 0) std::printf("  ... %llu more findings\n", static_cast<unsigned long long>(r.findings_omitted));
