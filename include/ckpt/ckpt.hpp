@@ -8,6 +8,7 @@
 #include "ckpt/manager.hpp"
 #include "ckpt/safetensors.hpp"
 #include "ckpt/save.hpp"
+#include "ckpt/scan.hpp"
 #include "ckpt/state_dict.hpp"
 #include "ckpt/storage.hpp"
 #include "ckpt/tensor.hpp"

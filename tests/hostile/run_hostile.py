@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--corpus", default=os.path.join(HERE, "corpus"))
     ap.add_argument("--manifest", default=os.path.join(HERE, "manifest.json"))
+    ap.add_argument("--rss-base-mib", type=int, default=RSS_BASE >> 20,
+                    help="fixed part of the memory bound (raise it for sanitizer builds)")
     a = ap.parse_args()
     with open(a.manifest) as f:
         manifest = json.load(f)
@@ -75,7 +77,7 @@ def main():
             problems.append("missing from the corpus (run tests/hostile/make_corpus.py)")
         else:
             size = os.path.getsize(path)
-            rss_limit = RSS_BASE + RSS_FACTOR * size
+            rss_limit = (a.rss_base_mib << 20) + RSS_FACTOR * size
             checks = [
                 ("ls", [a.ckpt, "ls", path]),
                 ("ls --objects", [a.ckpt, "ls", "--objects", path]),
