@@ -271,7 +271,7 @@ class Collector : public pickle::Observer {
 // ---------------------------------------------------------------- what looks like a pickle
 
 // Opcodes of protocols 0 and 1 (every opcode a pickle without PROTO can start with).
-constexpr std::string_view kProto01Opcodes = "(.0121FIJKLMNPQRSTUVXabcdeghijlopqrstu}])GqrJ";
+constexpr std::string_view kProto01Opcodes = "(.012FGIJKLMNPQRSTUVXabcdeghijlopqrstu}])";
 
 enum class PickleLike { no, proto, maybe };
 

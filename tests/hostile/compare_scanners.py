@@ -31,15 +31,15 @@ TIMEOUT_S = 60
 # fickling's CLI reads bare pickles only; zip archives go through its own
 # scan_zip_archive (members named .pkl/.pickle/.bin), as its README suggests.
 FICKLING = r"""
-import sys, zipfile
+import os, sys, zipfile
 from fickling.analysis import Severity
 from fickling.loader import scan_file, scan_zip_archive
 p = sys.argv[1]
 try:
     if zipfile.is_zipfile(p):
-        results = list(scan_zip_archive(p, graceful=True).values())
+        results = list(scan_zip_archive(p, graceful=True, json_output_path=os.devnull).values())
     else:
-        results = [scan_file(p, graceful=True)]
+        results = [scan_file(p, graceful=True, json_output_path=os.devnull)]
 except Exception as e:
     print("error", type(e).__name__, e); sys.exit(2)
 flagged = any(r.severity != Severity.LIKELY_SAFE for r in results)
