@@ -25,6 +25,11 @@ namespace {
 // findings per file the rest are counted, not stored (the verdict still sees
 // them).
 constexpr size_t kMaxFindings = 100000;
+// Pickles nested as bytes handed to pickle.loads & co. are decoded in turn,
+// this many levels deep and at most this many per file (each distinct bytes
+// value once, so the work stays proportional to the file).
+constexpr int kMaxNestedDepth = 4;
+constexpr size_t kMaxNestedPickles = 256;
 
 // ---------------------------------------------------------------- the lists
 
@@ -288,6 +293,49 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 
 std::string error_text(const std::exception& e) { return e.what(); }
 
+// Functions that decode their bytes argument as a pickle.
+bool is_pickle_loader(const Object& o) {
+  static constexpr std::string_view kModules[] = {"pickle", "_pickle", "cPickle", "dill", "dill._dill", "cloudpickle"};
+  if (o.name != "loads" && o.name != "_loads") return false;
+  return std::find(std::begin(kModules), std::end(kModules), o.module) != std::end(kModules);
+}
+
+// The bytes arguments of pickle.loads calls inside a decoded tree, each
+// distinct bytes value once. Iterative, and each container is visited once.
+std::vector<const std::string*> nested_pickles(const Value& root) {
+  std::vector<const std::string*> out;
+  std::set<const void*> seen;
+  std::vector<const Value*> todo{&root};
+  while (!todo.empty()) {
+    const Value* v = todo.back();
+    todo.pop_back();
+    if (const void* id = v->container_id(); id == nullptr || !seen.insert(id).second) continue;
+    if (v->is_list() || v->is_tuple()) {
+      for (const Value& c : v->items()) todo.push_back(&c);
+    } else if (v->is_dict()) {
+      const Dict& d = v->as_dict();
+      for (const auto& [k, c] : d) {
+        todo.push_back(&k);
+        todo.push_back(&c);
+      }
+      todo.push_back(&d.attributes);
+    } else if (v->is_object()) {
+      const Object& o = v->as_object();
+      if (is_pickle_loader(o) && o.args.is_tuple() && !o.args.as_tuple().empty() && o.args.as_tuple()[0].is_bytes()) {
+        const std::string* b = &o.args.as_tuple()[0].as_bytes();
+        if (std::find(out.begin(), out.end(), b) == out.end()) out.push_back(b);
+      }
+      for (const Value* c : {&o.args, &o.kwargs, &o.state}) todo.push_back(c);
+      for (const Value& c : o.list_items) todo.push_back(&c);
+      for (const auto& [k, c] : o.dict_items) {
+        todo.push_back(&k);
+        todo.push_back(&c);
+      }
+    }
+  }
+  return out;
+}
+
 class Scanner {
  public:
   Scanner(std::shared_ptr<io::RandomAccessFile> file, ScanReport& report, const ScanOptions& options)
@@ -341,7 +389,7 @@ class Scanner {
   }
 
   // One record (or the whole file) that is a pickle or several back to back.
-  void scan_pickles(std::span<const std::byte> bytes, const std::string& record, PickleLike how) {
+  void scan_pickles(std::span<const std::byte> bytes, const std::string& record, PickleLike how, int depth = 0) {
     size_t pos = 0;
     bool first = true;
     while (pos < bytes.size()) {
@@ -352,8 +400,9 @@ class Scanner {
       if (like == PickleLike::maybe) collector_.begin_tentative();
       std::string err;
       bool ok = false;
+      Value root;
       try {
-        pickle::unpickle(rest, generic_options(record), &used);
+        root = pickle::unpickle(rest, generic_options(record), &used);
         ok = true;
       } catch (const std::bad_alloc&) {
         err = file_->name() + ": out of memory while scanning";
@@ -369,9 +418,23 @@ class Scanner {
         report_.errors.push_back(std::move(err));
         return;
       }
+      scan_nested(root, record, depth);
       if (used == 0) return;
       pos += used;
       first = false;
+    }
+  }
+
+  // Decodes the bytes given to pickle.loads & co. in a decoded tree.
+  void scan_nested(const Value& root, const std::string& record, int depth) {
+    if (depth >= kMaxNestedDepth) return;
+    for (const std::string* b : nested_pickles(root)) {
+      if (nested_count_ >= kMaxNestedPickles) return;
+      ++nested_count_;
+      auto span = std::as_bytes(std::span<const char>(b->data(), b->size()));
+      PickleLike like = looks_like_pickle(span);
+      if (like == PickleLike::no) continue;
+      scan_pickles(span, record.empty() ? "pickle.loads" : record + " > pickle.loads", like, depth + 1);
     }
   }
 
@@ -389,10 +452,10 @@ class Scanner {
     lo.mmap = file_->memory() != nullptr;
     switch (f) {
       case Format::torch_legacy:
-        guarded([&] { (void)formats::load_torch_legacy(file_, lo, &collector_); });
+        guarded([&] { scan_nested(formats::load_torch_legacy(file_, lo, &collector_), "object pickle", 0); });
         return;
       case Format::torch_tar:
-        guarded([&] { (void)formats::load_torch_tar(file_, lo, &collector_); });
+        guarded([&] { scan_nested(formats::load_torch_tar(file_, lo, &collector_), "pickle", 0); });
         return;
       case Format::safetensors:
         guarded([&] { (void)formats::read_safetensors_header(*file_); });
@@ -428,12 +491,14 @@ class Scanner {
       const bool primary = have_info && z->find(e.name) == &e;
       if (primary && e.name == info.prefix + "/data.pkl") {
         add_pickle(e.name);
-        guarded([&] { (void)formats::unpickle_record(*z, info, "data.pkl", "data", lo, &collector_); });
+        guarded([&] { scan_nested(formats::unpickle_record(*z, info, "data.pkl", "data", lo, &collector_), e.name, 0); });
         continue;
       }
       if (primary && info.torchscript && e.name == info.prefix + "/constants.pkl") {
         add_pickle(e.name);
-        guarded([&] { (void)formats::unpickle_record(*z, info, "constants.pkl", "constants", lo, &collector_); });
+        guarded([&] {
+          scan_nested(formats::unpickle_record(*z, info, "constants.pkl", "constants", lo, &collector_), e.name, 0);
+        });
         continue;
       }
       guarded([&] { scan_entry(*z, e); });
@@ -471,6 +536,7 @@ class Scanner {
   std::shared_ptr<io::RandomAccessFile> file_;
   ScanReport& report_;
   Collector collector_;
+  size_t nested_count_ = 0;
 };
 
 ScanReport scan_opened(const std::string& path, const std::function<std::shared_ptr<io::RandomAccessFile>()>& open,

@@ -167,6 +167,20 @@ TEST(Scan, VerdictPerAttackClass) {
   }
 }
 
+TEST(Scan, NestedPicklesAreDecodedInTurn) {
+  // pickle.loads(b'<a pickle of os.system(...)>') in data.pkl: the inner
+  // os.system is reported under the record of the outer pickle.
+  ckpt::ScanReport r = ckpt::scan_file(hostile("nested_pickle_loads.pt"));
+  EXPECT_EQ(r.verdict, ScanVerdict::dangerous);
+  const ckpt::ScanFinding* inner = find(r, "reduce", "os.system");
+  ASSERT_NE(inner, nullptr);
+  EXPECT_EQ(inner->record, "archive/data.pkl > pickle.loads");
+  EXPECT_EQ(inner->offset, 0x2fu);  // inside the nested pickle, as for archive/extra.pkl
+  ckpt::ScanReport bare = ckpt::scan_file(hostile("nested_cpickle_loads.pkl"));
+  ASSERT_NE(find(bare, "global", "os.system"), nullptr);
+  EXPECT_EQ(find(bare, "global", "os.system")->record, "pickle.loads");
+}
+
 TEST(Scan, DamagedPickleKeepsWhatWasSeenBeforeTheDamage) {
   // os.system, then an unknown opcode 0xff.
   ckpt::ScanReport r = scan("\x80\x02" "cos\nsystem\n\xff");
