@@ -57,6 +57,7 @@ struct ScanReport {
   std::string path;
   Format format = Format::unknown;     // Format::unknown also for a bare pickle file
   bool bare_pickle = false;            // the file itself is one pickle (pickle.dump output)
+  bool unrecognized = false;           // neither a checkpoint format nor a pickle (an error)
   std::vector<std::string> pickles;    // the records decoded as pickles, in scan order
   std::vector<ScanFinding> findings;   // in scan order
   uint64_t findings_omitted = 0;       // past the per-file cap (100,000), counted only
@@ -79,6 +80,8 @@ ScanReport scan_bytes(std::span<const std::byte> bytes, const std::string& name,
 // Files and directories: a directory is walked recursively in sorted order
 // (symbolic links are not followed; a path named explicitly is scanned even
 // when it is a link). A path that cannot be read gives a report with an error.
+// Files found in a directory that are empty or `unrecognized` (config.json,
+// README.md) are left out; named explicitly, they are reported as errors.
 std::vector<ScanReport> scan_paths(const std::vector<std::string>& paths, const ScanOptions& options = {});
 
 // The exit code picklescan uses: 1 if any report is dangerous, else 2 if any

@@ -443,7 +443,10 @@ class Scanner {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(file_->size(), sizeof head));
     file_->read_at(0, {head, n});
     std::span<const std::byte> h(head, n);
-    if (n == 0) throw FormatError("file is empty; not a checkpoint", ErrorContext{file_->name()});
+    if (n == 0) {
+      report_.unrecognized = true;
+      throw FormatError("file is empty; not a checkpoint", ErrorContext{file_->name()});
+    }
     if (zip::looks_like_zip(h)) return scan_zip();
     Format f = detect_format(h);  // not a zip: decided by the first bytes alone
     report_.format = f;
@@ -463,14 +466,18 @@ class Scanner {
       default: break;
     }
     PickleLike like = looks_like_pickle(h);
-    if (like == PickleLike::no)
+    if (like == PickleLike::no) {
+      report_.unrecognized = true;
       throw FormatError("not a checkpoint format ckpt recognizes", ErrorContext{file_->name()});
+    }
     report_.bare_pickle = true;
     auto mem = memory();
     const size_t errors_before = report_.errors.size();
     scan_pickles({mem->memory(), mem->size()}, "", like);
-    if (report_.pickles.empty() && report_.errors.size() == errors_before)
+    if (report_.pickles.empty() && report_.errors.size() == errors_before) {
+      report_.unrecognized = true;
       throw FormatError("not a checkpoint format ckpt recognizes (and not a pickle)", ErrorContext{file_->name()});
+    }
   }
 
   std::shared_ptr<io::RandomAccessFile> memory() {
@@ -611,7 +618,10 @@ std::vector<ScanReport> scan_paths(const std::vector<std::string>& paths, const 
       if (it->is_regular_file(e2)) files.push_back(it->path().string());
     }
     std::sort(files.begin(), files.end());
-    for (const auto& f : files) out.push_back(scan_file(f, options));
+    for (const auto& f : files) {
+      ScanReport r = scan_file(f, options);
+      if (!r.unrecognized) out.push_back(std::move(r));  // config.json, README.md, ...
+    }
   }
   return out;
 }

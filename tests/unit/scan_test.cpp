@@ -226,7 +226,9 @@ class ScanDir : public ::testing::Test {
 TEST_F(ScanDir, WalksRecursivelyInSortedOrderWithoutFollowingLinks) {
   write("b/deeper/evil.pkl", "cos\nsystem\n(S'x'\ntR.");
   write("a/clean.pkl", "\x80\x02].");
-  write("z_broken.bin", "\x01\x02\x03");
+  write("z_broken.pt", "PK\x03\x04 a damaged zip");
+  write("config.json", "{\"not\": \"a checkpoint\"}");  // not a checkpoint: left out of a walk
+  write("empty.bin", "");
   std::filesystem::copy_file(valid("torch2/net_state_dict.pt"), dir_ / "a" / "model.pt");
   std::filesystem::create_symlink(dir_ / "b" / "deeper" / "evil.pkl", dir_ / "a" / "link.pkl");
   std::filesystem::create_directory_symlink(dir_ / "b", dir_ / "a" / "linkdir");
@@ -234,7 +236,7 @@ TEST_F(ScanDir, WalksRecursivelyInSortedOrderWithoutFollowingLinks) {
   auto reports = ckpt::scan_paths({dir_.string()});
   std::vector<std::string> names;
   for (const auto& r : reports) names.push_back(std::filesystem::path(r.path).lexically_relative(dir_).string());
-  EXPECT_EQ(names, (std::vector<std::string>{"a/clean.pkl", "a/model.pt", "b/deeper/evil.pkl", "z_broken.bin"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"a/clean.pkl", "a/model.pt", "b/deeper/evil.pkl", "z_broken.pt"}));
   ASSERT_EQ(reports.size(), 4u);
   EXPECT_EQ(reports[0].verdict, ScanVerdict::safe);
   EXPECT_EQ(reports[1].verdict, ScanVerdict::safe);
@@ -243,8 +245,12 @@ TEST_F(ScanDir, WalksRecursivelyInSortedOrderWithoutFollowingLinks) {
   EXPECT_EQ(ckpt::scan_exit_code(reports), 1);
 
   // A link named explicitly is scanned; a missing path is an error report.
-  auto explicit_link = ckpt::scan_paths({(dir_ / "a" / "link.pkl").string(), (dir_ / "nope").string()});
-  ASSERT_EQ(explicit_link.size(), 2u);
+  // A file that is no checkpoint is an error when named explicitly.
+  auto explicit_link = ckpt::scan_paths({(dir_ / "a" / "link.pkl").string(), (dir_ / "nope").string(),
+                                         (dir_ / "config.json").string()});
+  ASSERT_EQ(explicit_link.size(), 3u);
+  EXPECT_EQ(explicit_link[2].verdict, ScanVerdict::error);
+  EXPECT_TRUE(explicit_link[2].unrecognized);
   EXPECT_EQ(explicit_link[0].verdict, ScanVerdict::dangerous);
   EXPECT_EQ(explicit_link[1].verdict, ScanVerdict::error);
   EXPECT_EQ(ckpt::scan_exit_code({explicit_link[1]}), 2);
