@@ -9,6 +9,7 @@
 #include "ckpt/open.hpp"
 #include "ckpt/safetensors.hpp"
 #include "ckpt/save.hpp"
+#include "ckpt/scan.hpp"
 #include "ckpt/sharded.hpp"
 #include "ckpt/state_dict.hpp"
 #include "ckpt/storage.hpp"

@@ -659,7 +659,7 @@ class Machine final : public CallContext {
   // ---- events
   void event(Event::Kind kind, const std::string& module, const std::string& name, bool allowed) {
     if (opts_.observer == nullptr) return;
-    opts_.observer->on_event(Event{kind, module, name, op_offset_, allowed});
+    opts_.observer->on_event(Event{kind, module, name, op_offset_, allowed, opts_.record});
   }
   void call_event(Event::Kind kind, const Value& callable) {
     if (opts_.observer == nullptr) return;

@@ -44,6 +44,7 @@ struct Event {
   std::string name;
   uint64_t offset;     // byte offset of the opcode in the pickle
   bool allowed;        // on the weights_only allow-list
+  std::string record;  // Options::record of the pickle being decoded
 };
 
 class Observer {

@@ -11,5 +11,6 @@ void register_ls(CLI::App& app, int* exit_code);
 void register_verify(CLI::App& app, int* exit_code);
 void register_convert(CLI::App& app, int* exit_code);
 void register_info(CLI::App& app, int* exit_code);
+void register_scan(CLI::App& app, int* exit_code);
 
 }  // namespace ckpt::cli

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   register_verify(app, &exit_code);
   register_convert(app, &exit_code);
   register_info(app, &exit_code);
+  register_scan(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
