@@ -14,7 +14,7 @@ namespace ckpt::cli {
 namespace {
 
 struct LsArgs {
-  std::string file;
+  std::vector<std::string> files;
   bool json = false;
   bool digest = false;
   bool objects = false;
@@ -49,12 +49,13 @@ void print_tree(const std::vector<TensorRef>& tensors) {
   }
 }
 
-int run_ls(const LsArgs& a) {
-  LoadOptions opts;
-  opts.mmap = true;  // listing needs no copy of the data
-  opts.weights_only = !a.objects;
-  Format format = Format::unknown;
-  Value root = detail::load_file(detail::open_for_load(a.file, true), opts, &format, nullptr);
+// Lists one file. With several files, `json_out` collects the JSON object (with
+// a "file" key) instead of printing it, and the table gets a "FILE:" heading.
+int run_ls_file(const LsArgs& a, const std::string& path, nlohmann::ordered_json* json_out) {
+  const bool several = a.files.size() > 1;
+  const Loaded loaded = load_checkpoint(path, a.objects);
+  const Format format = loaded.format;
+  const Value& root = loaded.root;
 
   std::vector<TensorRef> tensors;
   std::optional<std::regex> filter;
@@ -65,9 +66,10 @@ int run_ls(const LsArgs& a) {
       throw Error("--filter: invalid regular expression '" + a.filter + "': " + e.what());
     }
   }
-  for_each_tensor(root, [&](const std::string& path, const Tensor& t) {
-    if (!filter || std::regex_search(path, *filter)) tensors.push_back({path, &t});
+  for_each_tensor(root, [&](const std::string& p, const Tensor& t) {
+    if (!filter || std::regex_search(p, *filter)) tensors.push_back({p, &t});
   });
+  if (several && !a.json) std::printf("%s:\n", path.c_str());
   if (a.tree && !a.json) {
     print_tree(tensors);
     return kExitOk;
@@ -75,6 +77,7 @@ int run_ls(const LsArgs& a) {
 
   if (a.json) {
     nlohmann::ordered_json out;
+    if (several) out["file"] = path;
     out["format"] = std::string(format_name(format));
     auto& list = out["tensors"] = nlohmann::ordered_json::array();
     for (const auto& r : tensors) {
@@ -86,7 +89,8 @@ int run_ls(const LsArgs& a) {
       if (a.digest) t["sha256"] = tensor_sha256(*r.tensor);
       list.push_back(std::move(t));
     }
-    std::printf("%s\n", out.dump(2).c_str());
+    if (json_out) *json_out = std::move(out);
+    else std::printf("%s\n", out.dump(2).c_str());
     return kExitOk;
   }
 
@@ -114,12 +118,33 @@ int run_ls(const LsArgs& a) {
   return kExitOk;
 }
 
+int run_ls(const LsArgs& a) {
+  if (a.files.size() == 1) return for_each_file(a.files, [&](const std::string& f) { return run_ls_file(a, f, nullptr); });
+  if (a.json) {
+    auto docs = nlohmann::ordered_json::array();
+    int rc = for_each_file(a.files, [&](const std::string& f) {
+      nlohmann::ordered_json j;
+      int r = run_ls_file(a, f, &j);
+      docs.push_back(std::move(j));
+      return r;
+    });
+    std::printf("%s\n", docs.dump(2).c_str());
+    return rc;
+  }
+  bool first = true;
+  return for_each_file(a.files, [&](const std::string& f) {
+    if (!first) std::printf("\n");
+    first = false;
+    return run_ls_file(a, f, nullptr);
+  });
+}
+
 }  // namespace
 
 void register_ls(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<LsArgs>();
   CLI::App* cmd = app.add_subcommand("ls", "List the tensors of a checkpoint");
-  cmd->add_option("FILE", args->file, "Checkpoint file")->required();
+  cmd->add_option("FILE", args->files, "Checkpoint files")->required();
   cmd->add_flag("--json", args->json, "Machine-readable output");
   cmd->add_flag("--digest", args->digest, "Add the sha256 of each tensor's row-major bytes");
   cmd->add_flag("--tree", args->tree, "Show the tensors as a tree of their path components");

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
@@ -29,5 +30,27 @@ std::string thousands(uint64_t n);
 
 // "ckpt: error: ..." on stderr.
 void print_error(const std::string& message);
+
+// Whether to colour what goes to `stream`: a terminal, and NO_COLOR unset
+// (https://no-color.org).
+bool use_color(std::FILE* stream);
+// `text` wrapped in the SGR sequence `sgr` ("31" red, "32" green, "1" bold) when `on`.
+std::string paint(const std::string& text, const char* sgr, bool on);
+
+// A number for people: %.6g, "nan", "inf", "-inf".
+std::string format_number(double v);
+
+// A checkpoint loaded for inspection (mmap, weights-only unless `objects`).
+struct Loaded {
+  Value root;
+  Format format = Format::unknown;
+  uint64_t file_bytes = 0;
+};
+Loaded load_checkpoint(const std::string& path, bool objects);
+
+// Runs fn on each file in turn. An exception from one file is printed as
+// "ckpt: error: ..." and counts as exit 2; the others still run. Returns the
+// largest exit code.
+int for_each_file(const std::vector<std::string>& files, const std::function<int(const std::string&)>& fn);
 
 }  // namespace ckpt::cli

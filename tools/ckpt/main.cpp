@@ -22,6 +22,11 @@ int main(int argc, char** argv) {
   register_verify(app, &exit_code);
   register_convert(app, &exit_code);
   register_info(app, &exit_code);
+  register_diff(app, &exit_code);
+  register_stats(app, &exit_code);
+  register_extract(app, &exit_code);
+  register_manage(app, &exit_code);
+  register_help(app, &exit_code);  // last: it lists the commands above
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
