@@ -59,6 +59,7 @@ struct TensorDiff {
   bool shape_changed = false;
   bool compared = false;  // values compared (same shape)
   uint64_t mismatched = 0;
+  uint64_t nan_mismatched = 0;  // of which a NaN on one side (or both, without --equal-nan)
   double max_abs = 0, max_rel = 0;
   bool bitwise = false;  // raw dtypes: compared bit for bit
   bool differs() const { return dtype_changed || shape_changed || mismatched > 0; }
@@ -72,9 +73,13 @@ void compare_values(TensorDiff& d, const DiffArgs& o) {
   const DType da = a.dtype(), db = b.dtype();
   const ElementClass ca = element_class(da), cb = element_class(db);
   d.compared = true;
+  if (da == db && a.equal(b)) return;  // the same bytes: equal, NaNs included
   auto note = [&](double x, double y) {
     if (std::isnan(x) || std::isnan(y)) {
-      if (!(o.equal_nan && std::isnan(x) && std::isnan(y))) ++d.mismatched;
+      if (!(o.equal_nan && std::isnan(x) && std::isnan(y))) {
+        ++d.mismatched;
+        ++d.nan_mismatched;
+      }
       return;
     }
     if (x == y) return;  // includes equal infinities
@@ -258,6 +263,7 @@ int run_diff(const DiffArgs& o) {
         j["numel"] = d.a->numel();
         j["mismatched"] = d.mismatched;
         if (!d.bitwise) {
+          j["nan_mismatched"] = d.nan_mismatched;
           j["max_abs"] = number_or_null(d.max_abs);
           j["max_rel"] = number_or_null(d.max_rel);
         }
@@ -285,7 +291,11 @@ int run_diff(const DiffArgs& o) {
     if (d.shape_changed) line += " shape " + format_shape(d.a->sizes()) + " -> " + format_shape(d.b->sizes()) + ";";
     if (d.compared && d.mismatched > 0) {
       line += " " + thousands(d.mismatched) + " of " + thousands(static_cast<uint64_t>(d.a->numel())) + " elements differ";
-      if (!d.bitwise) line += " (max abs " + format_number(d.max_abs) + ", max rel " + format_number(d.max_rel) + ")";
+      if (!d.bitwise) {
+        line += " (";
+        if (d.nan_mismatched) line += thousands(d.nan_mismatched) + " NaN, ";
+        line += "max abs " + format_number(d.max_abs) + ", max rel " + format_number(d.max_rel) + ")";
+      }
       line += ";";
     } else if (d.compared) {
       line += " values equal within tolerance;";

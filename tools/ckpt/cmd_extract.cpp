@@ -223,7 +223,18 @@ std::string file_name_for(const std::string& path, std::set<std::string>& taken)
   return name + ".npy";
 }
 
+int run_extract_unnamed(const ExtractArgs& a);
+
 int run_extract(const ExtractArgs& a) {
+  try {
+    return run_extract_unnamed(a);
+  } catch (Error& e) {
+    e.add_context(ErrorContext{a.file});  // name the checkpoint when the error does not
+    throw;
+  }
+}
+
+int run_extract_unnamed(const ExtractArgs& a) {
   if (a.all_dir.empty() == a.name.empty())
     throw Error("give either a tensor NAME (with -o OUT.npy) or --all DIR");
   if (!a.all_dir.empty() && !a.out.empty()) throw Error("-o goes with NAME; --all writes into DIR");
@@ -237,7 +248,7 @@ int run_extract(const ExtractArgs& a) {
       names.push_back(p);
     });
     if (!found) {
-      std::string msg = a.file + ": no tensor named '" + a.name + "'";
+      std::string msg = "no tensor named '" + a.name + "'";
       if (!names.empty()) msg += " (it has " + thousands(names.size()) + " tensors, e.g. '" + names[0] + "'; see 'ckpt ls " + a.file + "')";
       throw Error(msg);
     }

@@ -111,7 +111,7 @@ void register_help(CLI::App& app, int* exit_code) {
   help->add_option("CMD", *cmd_name, "Command");
   help->callback([&app, cmd_name, exit_code] {
     if (cmd_name->empty()) {
-      std::printf("%s", app.help().c_str());
+      std::printf("%s", app.get_formatter()->make_help(&app, app.get_name(), CLI::AppFormatMode::Normal).c_str());
     } else {
       CLI::App* sub = nullptr;
       try {
