@@ -258,8 +258,8 @@ int run_extract_unnamed(const ExtractArgs& a) {
       out = file_name_for(a.name, taken);
     }
     write_npy(*found, a.name, a.as, out);
-    std::fprintf(stderr, "ckpt: wrote %s (%s %s)\n", out.c_str(), std::string(name(found->dtype())).c_str(),
-                 format_shape(found->sizes()).c_str());
+    std::fprintf(stderr, "ckpt: wrote %s (%s %s%s)\n", out.c_str(), std::string(name(found->dtype())).c_str(),
+                 format_shape(found->sizes()).c_str(), a.as.empty() ? "" : (" as " + a.as).c_str());
     return kExitOk;
   }
 
