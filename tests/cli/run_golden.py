@@ -71,6 +71,11 @@ CASES = [
     # ---- extract
     ("extract_one", ["extract", f"{V}/torch2/net_state_dict.pt", "fc.weight", "-o", "$TMP/fc.npy"]),
     ("extract_bf16_refused", ["extract", f"{V}/torch2/save_dtypes.pt", "bfloat16", "-o", "$TMP/x.npy"]),
+    ("extract_as_float32", ["extract", f"{V}/torch2/save_dtypes.pt", "float8_e4m3fn", "--as", "float32", "-o",
+                            "$TMP/f8.npy"]),
+    ("extract_bits_refused", ["extract", f"{V}/torch2/save_dtypes.pt", "bits8", "-o", "$TMP/x.npy"]),
+    ("extract_usage", ["extract", f"{V}/torch2/save_dtypes.pt"]),
+    ("stats_several_json", ["stats", "--json", f"{V}/torch2/save_empty.pt", f"{V}/safetensors/edge_shapes.safetensors"]),
     ("extract_all", ["extract", f"{V}/torch2/checkpoint.pt", "--all", "$TMP/all"]),
     ("extract_missing_name", ["extract", f"{V}/torch2/net_state_dict.pt", "nope", "-o", "$TMP/x.npy"]),
     # ---- manage

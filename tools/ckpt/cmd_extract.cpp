@@ -226,6 +226,9 @@ std::string file_name_for(const std::string& path, std::set<std::string>& taken)
 int run_extract_unnamed(const ExtractArgs& a);
 
 int run_extract(const ExtractArgs& a) {
+  if (a.all_dir.empty() == a.name.empty())
+    throw Error("give either a tensor NAME (with -o OUT.npy) or --all DIR");
+  if (!a.all_dir.empty() && !a.out.empty()) throw Error("-o goes with NAME; --all writes into DIR");
   try {
     return run_extract_unnamed(a);
   } catch (Error& e) {
@@ -235,9 +238,6 @@ int run_extract(const ExtractArgs& a) {
 }
 
 int run_extract_unnamed(const ExtractArgs& a) {
-  if (a.all_dir.empty() == a.name.empty())
-    throw Error("give either a tensor NAME (with -o OUT.npy) or --all DIR");
-  if (!a.all_dir.empty() && !a.out.empty()) throw Error("-o goes with NAME; --all writes into DIR");
   const Loaded l = load_checkpoint(a.file, a.objects);
 
   if (a.all_dir.empty()) {

@@ -130,7 +130,8 @@ int run_stats_file(const StatsArgs& a, const std::string& path, nlohmann::ordere
       j["std"] = num(s.std(), have);
       j["nan"] = s.nan;
       j["inf"] = s.inf;
-      j["zero_fraction"] = num(s.numel ? static_cast<double>(s.zeros) / static_cast<double>(s.numel) : 0.0, s.numeric);
+      j["zero_fraction"] = num(s.numel ? static_cast<double>(s.zeros) / static_cast<double>(s.numel) : 0.0,
+                               s.numeric && s.numel > 0);
       list.push_back(std::move(j));
     }
     *json_out = std::move(out);
