@@ -100,6 +100,8 @@ DType target_dtype(const Tensor& t, const std::string& as, const std::string& pa
     throw Error("tensor '" + path + "' is " + dn + ", which has no numeric meaning; it cannot be written as .npy");
   }
   auto d = dtype_from_name(as);
+  if (d == DType::float16 && t.dtype() != DType::float16)
+    throw Error("--as float16 is not supported (it would round); use --as float32");
   if (!d || npy_descr(*d).empty())
     throw Error("--as " + as + ": not a dtype NumPy has (bool, int8..int64, uint8..uint64, float16/32/64, complex64/128)");
   if (element_class(t.dtype()) == ElementClass::raw)
@@ -137,7 +139,6 @@ void convert_into(const Tensor& t, DType to, std::byte* out) {
         break;
       }
       case DType::bool_: put(out, static_cast<uint8_t>(read_double(p, from) != 0)); break;
-      case DType::float16: throw Error("--as float16 is not supported; use --as float32");
       default: {  // integers: exact from integers, truncated toward zero from floats (as torch's .to)
         int64_t v = 0;
         if (from_int) {
@@ -162,6 +163,14 @@ void convert_into(const Tensor& t, DType to, std::byte* out) {
 void write_npy(const Tensor& t, const std::string& path, const std::string& as, const std::string& out) {
   const DType to = target_dtype(t, as, path);
   const std::string header = npy_header(npy_descr(to), t.sizes());
+  // Everything that can fail on the data happens before the file is created.
+  std::vector<std::byte> converted;
+  if (to != t.dtype()) {
+    converted.resize(static_cast<size_t>(t.numel()) * itemsize(to));
+    convert_into(t, to, converted.data());
+  } else if (!t.is_contiguous()) {
+    converted = t.contiguous_bytes();  // non-contiguous views are written row-major
+  }
   const std::string tmp = out + ".tmp";
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(tmp.c_str(), "wb"), &std::fclose);
   if (!f) throw IoError("cannot create '" + tmp + "': " + std::strerror(errno), errno, ErrorContext{out});
@@ -174,18 +183,8 @@ void write_npy(const Tensor& t, const std::string& path, const std::string& as, 
     }
   };
   write(header.data(), header.size());
-  if (to == t.dtype()) {
-    if (t.is_contiguous()) {
-      write(t.data(), t.nbytes());
-    } else {
-      const auto bytes = t.contiguous_bytes();  // non-contiguous views are written row-major
-      write(bytes.data(), bytes.size());
-    }
-  } else {
-    std::vector<std::byte> buf(static_cast<size_t>(t.numel()) * itemsize(to));
-    convert_into(t, to, buf.data());
-    write(buf.data(), buf.size());
-  }
+  if (to == t.dtype() && t.is_contiguous()) write(t.data(), t.nbytes());
+  else write(converted.data(), converted.size());
   if (std::fclose(f.release()) != 0) {
     int err = errno;
     std::remove(tmp.c_str());
