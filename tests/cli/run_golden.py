@@ -38,6 +38,8 @@ CASES = [
     ("ls_safetensors", ["ls", f"{V}/safetensors/all_dtypes.safetensors"]),
     ("ls_several", ["ls", f"{V}/torch2/net_state_dict.pt", f"{V}/torch113/net_state_dict_legacy.pt"]),
     ("ls_several_json", ["ls", "--json", f"{V}/torch2/net_state_dict.pt", f"{V}/safetensors/names.safetensors"]),
+    ("ls_control_characters", ["ls", f"{V}/safetensors/names.safetensors"]),
+    ("ls_escape_sequences", ["ls", "--tree", "$TMP/escapes.safetensors"]),
     ("ls_legacy_tar", ["ls", f"{V}/torch113/old_tar.pt"]),
     # ---- info
     ("info_checkpoint", ["info", f"{V}/torch2/checkpoint.pt"]),
@@ -144,6 +146,12 @@ def setup(ckpt, tmp):
     with zipfile.ZipFile(os.path.join(tmp, "unsafe.pt"), "w") as z:
         z.writestr("unsafe/data.pkl", b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.")
         z.writestr("unsafe/version", b"3\n")
+    # tensor names that try to drive the terminal: ESC [2J (clear), BEL, CSI as U+009B
+    names = ["\x1b[2Jclear", "bell\x07", "csi\u009b31m", "back\\slash\n"]
+    header = {n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, n in enumerate(names)}
+    hb = json.dumps(header).encode()
+    with open(os.path.join(tmp, "escapes.safetensors"), "wb") as f:
+        f.write(len(hb).to_bytes(8, "little") + hb + bytes(4 * len(names)))
     for name in ("stats", "diff_a"):
         subprocess.run([ckpt, "convert", os.path.join(ROOT, C, name + ".pt"), os.path.join(tmp, name + ".safetensors")],
                        check=True, stderr=subprocess.DEVNULL)

@@ -281,12 +281,12 @@ int run_diff(const DiffArgs& o) {
 
   const bool color = use_color(stdout);
   for (const auto& r : only_a)
-    std::printf("%s %s  %s\n", paint("- only in A:", "31", color).c_str(), r.path.c_str(), describe(*r.tensor).c_str());
+    std::printf("%s %s  %s\n", paint("- only in A:", "31", color).c_str(), printable(r.path).c_str(), describe(*r.tensor).c_str());
   for (const auto& r : only_b)
-    std::printf("%s %s  %s\n", paint("+ only in B:", "32", color).c_str(), r.path.c_str(), describe(*r.tensor).c_str());
+    std::printf("%s %s  %s\n", paint("+ only in B:", "32", color).c_str(), printable(r.path).c_str(), describe(*r.tensor).c_str());
   for (const auto& d : common) {
     if (!d.differs()) continue;
-    std::string line = paint("~ " + d.path + ":", "33", color);
+    std::string line = paint("~ " + printable(d.path) + ":", "33", color);
     if (d.dtype_changed) line += " dtype " + std::string(name(d.a->dtype())) + " -> " + std::string(name(d.b->dtype())) + ";";
     if (d.shape_changed) line += " shape " + format_shape(d.a->sizes()) + " -> " + format_shape(d.b->sizes()) + ";";
     if (d.compared && d.mismatched > 0) {
@@ -304,9 +304,9 @@ int run_diff(const DiffArgs& o) {
     std::printf("%s\n", line.c_str());
   }
   for (const auto& v : values) {
-    const std::string a = v.a ? v.a->repr() : "(absent)";
-    const std::string b = v.b ? v.b->repr() : "(absent)";
-    std::printf("%s %s -> %s\n", paint("~ " + v.path + ":", "33", color).c_str(), a.c_str(), b.c_str());
+    const std::string a = v.a ? printable(v.a->repr()) : "(absent)";
+    const std::string b = v.b ? printable(v.b->repr()) : "(absent)";
+    std::printf("%s %s -> %s\n", paint("~ " + printable(v.path) + ":", "33", color).c_str(), a.c_str(), b.c_str());
   }
   std::printf("%s: %s tensors compared, %s differ, %s only in A, %s only in B, %s other values differ (rtol %s, atol %s%s)\n",
               equal ? "equal" : "different", thousands(common.size()).c_str(), thousands(differing).c_str(),

@@ -157,10 +157,11 @@ int run_info_file(const InfoArgs& a, const std::string& path, nlohmann::ordered_
     std::printf("  %-16s %10s tensors  %12s\n", d.c_str(), thousands(h.first).c_str(), human_bytes(h.second).c_str());
   std::printf("top level:\n");
   for (const auto& k : keys)
-    std::printf("  %-30s %s\n", k["key"].get<std::string>().c_str(), k["type"].get<std::string>().c_str());
+    std::printf("  %-30s %s\n", printable(k["key"].get<std::string>()).c_str(),
+                printable(k["type"].get<std::string>()).c_str());
   if (!meta.empty()) {
     std::printf("metadata:\n");
-    for (const auto& [k, v] : meta.items()) std::printf("  %-30s %s\n", k.c_str(), v.dump().c_str());
+    for (const auto& [k, v] : meta.items()) std::printf("  %-30s %s\n", printable(k).c_str(), v.dump().c_str());
   }
   std::printf("weights-only safe: %s\n", unsafe_reason.empty() ? "yes" : ("no: " + unsafe_reason).c_str());
   return kExitOk;

@@ -40,9 +40,9 @@ void print_tree(const std::vector<TensorRef>& tensors) {
     size_t common = 0;
     while (common + 1 < parts.size() && common < open.size() && open[common] == parts[common]) ++common;
     for (size_t i = common; i + 1 < parts.size(); ++i)
-      std::printf("%*s%s/\n", static_cast<int>(2 * i), "", parts[i].c_str());
+      std::printf("%*s%s/\n", static_cast<int>(2 * i), "", printable(parts[i]).c_str());
     const Tensor& t = *r.tensor;
-    std::printf("%*s%s  %s %s  %s\n", static_cast<int>(2 * (parts.size() - 1)), "", parts.back().c_str(),
+    std::printf("%*s%s  %s %s  %s\n", static_cast<int>(2 * (parts.size() - 1)), "", printable(parts.back()).c_str(),
                 std::string(name(t.dtype())).c_str(), format_shape(t.sizes()).c_str(), human_bytes(t.nbytes()).c_str());
     parts.pop_back();
     open = std::move(parts);
@@ -95,10 +95,11 @@ int run_ls_file(const LsArgs& a, const std::string& path, nlohmann::ordered_json
   }
 
   size_t w_path = 4, w_dtype = 5, w_shape = 5;
-  std::vector<std::string> shapes;
+  std::vector<std::string> shapes, paths;
   for (const auto& r : tensors) {
     shapes.push_back(format_shape(r.tensor->sizes()));
-    w_path = std::max(w_path, r.path.size());
+    paths.push_back(printable(r.path));
+    w_path = std::max(w_path, paths.back().size());
     w_dtype = std::max(w_dtype, name(r.tensor->dtype()).size());
     w_shape = std::max(w_shape, shapes.back().size());
   }
@@ -108,7 +109,7 @@ int run_ls_file(const LsArgs& a, const std::string& path, nlohmann::ordered_json
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = *tensors[i].tensor;
     total += t.nbytes();
-    std::printf("%-*s  %-*s  %-*s  %10s  %s%s%s\n", static_cast<int>(w_path), tensors[i].path.c_str(),
+    std::printf("%-*s  %-*s  %-*s  %10s  %s%s%s\n", static_cast<int>(w_path), paths[i].c_str(),
                 static_cast<int>(w_dtype), std::string(name(t.dtype())).c_str(), static_cast<int>(w_shape),
                 shapes[i].c_str(), human_bytes(t.nbytes()).c_str(), t.device().c_str(), a.digest ? "  " : "",
                 a.digest ? tensor_sha256(t).c_str() : "");

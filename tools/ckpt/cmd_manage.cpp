@@ -157,9 +157,9 @@ int run_manage(const ManageArgs& a) {
     if (best && best->file == c.file) notes += " (best " + a.metric + ")";
     if (c.pinned) notes += " (pinned)";
     std::printf("%10lld  %-*s  %10s  %-5s  %s%s\n", static_cast<long long>(c.step), static_cast<int>(w_file),
-                c.file.c_str(), human_bytes(c.size).c_str(), c.valid ? "yes" : paint("NO", "31", color).c_str(),
+                printable(c.file).c_str(), human_bytes(c.size).c_str(), c.valid ? "yes" : paint("NO", "31", color).c_str(),
                 metrics_text(c.metrics).c_str(), notes.c_str());
-    if (!c.valid) std::printf("%10s  %s\n", "", paint("problem: " + c.problem, "31", color).c_str());
+    if (!c.valid) std::printf("%10s  %s\n", "", paint("problem: " + printable(c.problem), "31", color).c_str());
   }
   std::printf("%s checkpoints, %s%s%s\n", thousands(list.size()).c_str(), human_bytes(total).c_str(),
               invalid ? (", " + thousands(invalid) + " invalid").c_str() : "",

@@ -141,10 +141,11 @@ int run_stats_file(const StatsArgs& a, const std::string& path, nlohmann::ordere
   if (header) std::printf("%s:\n", path.c_str());
   const bool color = use_color(stdout);
   size_t w_path = 4, w_dtype = 5, w_shape = 5;
-  std::vector<std::string> shapes;
+  std::vector<std::string> shapes, paths;
   for (const auto& r : tensors) {
     shapes.push_back(format_shape(r.tensor->sizes()));
-    w_path = std::max(w_path, r.path.size());
+    paths.push_back(printable(r.path));
+    w_path = std::max(w_path, paths.back().size());
     w_dtype = std::max(w_dtype, name(r.tensor->dtype()).size());
     w_shape = std::max(w_shape, shapes.back().size());
   }
@@ -163,7 +164,7 @@ int run_stats_file(const StatsArgs& a, const std::string& path, nlohmann::ordere
     std::snprintf(inf_s, sizeof inf_s, "%6s", thousands(s.inf).c_str());
     if (s.nan || s.inf) ++bad_tensors;
     std::printf("%-*s  %-*s  %-*s  %12s  %12s  %12s  %12s  %s  %s  %6s\n", static_cast<int>(w_path),
-                tensors[i].path.c_str(), static_cast<int>(w_dtype), std::string(name(tensors[i].tensor->dtype())).c_str(),
+                paths[i].c_str(), static_cast<int>(w_dtype), std::string(name(tensors[i].tensor->dtype())).c_str(),
                 static_cast<int>(w_shape), shapes[i].c_str(), f(s.min).c_str(), f(s.max).c_str(), f(s.mean).c_str(),
                 (have && s.finite > 1) ? format_number(s.std()).c_str() : "-",
                 paint(nan_s, "31", color && s.nan).c_str(), paint(inf_s, "31", color && s.inf).c_str(), zero);

@@ -41,6 +41,41 @@ std::string thousands(uint64_t n) {
 
 void print_error(const std::string& message) { std::fprintf(stderr, "ckpt: error: %s\n", message.c_str()); }
 
+std::string printable(const std::string& text) {
+  // C0 controls, DEL, and the C1 controls U+0080..U+009F (UTF-8 C2 80..C2 9F:
+  // some terminals act on U+009B as a CSI).
+  auto control_at = [&](size_t i) -> size_t {  // length of the control sequence at i, or 0
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f) return 1;
+    if (c == 0xc2 && i + 1 < text.size()) {
+      const auto d = static_cast<unsigned char>(text[i + 1]);
+      if (d >= 0x80 && d <= 0x9f) return 2;
+    }
+    return 0;
+  };
+  bool plain = true;
+  for (size_t i = 0; i < text.size() && plain; ++i) plain = control_at(i) == 0;
+  if (plain) return text;
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    const size_t n = control_at(i);
+    if (c == '\t') out += "\\t";
+    else if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\\') out += "\\\\";
+    else if (n == 0) out += c;
+    else {
+      char buf[16];
+      if (n == 1) std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(c));
+      else std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned char>(text[i + 1]));
+      out += buf;
+      i += n - 1;
+    }
+  }
+  return out;
+}
+
 bool use_color(std::FILE* stream) {
   const char* no_color = std::getenv("NO_COLOR");
   if (no_color != nullptr && no_color[0] != '\0') return false;

@@ -28,6 +28,14 @@ std::string human_bytes(uint64_t n);
 // 1234567 -> "1,234,567"
 std::string thousands(uint64_t n);
 
+// `text` safe to print on a terminal: control characters (bytes below 0x20,
+// 0x7f, and the C1 controls U+0080..U+009F) become \t, \n, \r, \xNN or
+// \u00NN, and a backslash becomes "\\" when anything was escaped; other
+// UTF-8 is kept. Tensor names come from the file: a name must not be able to
+// move the cursor or change the terminal's state. JSON output is escaped by
+// JSON itself and does not use this.
+std::string printable(const std::string& text);
+
 // "ckpt: error: ..." on stderr.
 void print_error(const std::string& message);
 

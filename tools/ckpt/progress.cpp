@@ -33,6 +33,7 @@ void Progress::advance(uint64_t n) {
 }
 
 void Progress::set_detail(std::string detail) {
+  detail = printable(detail);
   if (detail.size() > kDetailWidth) detail = "..." + detail.substr(detail.size() - (kDetailWidth - 3));
   detail_ = std::move(detail);
 }
