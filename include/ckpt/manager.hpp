@@ -183,6 +183,12 @@ class CheckpointManager {
   // marked invalid. std::nullopt when there is none (a fresh start).
   std::optional<Checkpoint> resume(const LoadOptions& options = {});
 
+  // Applies the retention policy now, as after a save (e.g. with a stricter
+  // policy than the run used); returns the checkpoints it deleted. With
+  // dry_run, deletes nothing and returns what it would delete (allowed on
+  // read_only managers). Waits for a background save first.
+  std::vector<CheckpointInfo> prune(bool dry_run = false);
+
   // Re-reads the manifest and the directory (read_only managers: to see
   // checkpoints saved since opening).
   void refresh();

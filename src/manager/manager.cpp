@@ -181,7 +181,8 @@ struct CheckpointManager::Impl {
   void check_request(int64_t step, const Metrics& metrics) const;
   void commit(int64_t step, const Value& state, const Metrics& metrics);  // needs write_mu
   void write_pointer(const std::string& name);
-  void apply_retention();  // needs write_mu
+  // Deletes (dry_run: only lists) what the policy retires; returns those. Needs write_mu.
+  std::vector<CheckpointInfo> apply_retention(bool dry_run = false);
   std::string unique_name(int64_t step, const Metrics& metrics, const std::vector<CheckpointInfo>& known);
   void verify(const CheckpointInfo& e) const;
   void mark_invalid(const std::string& file, const std::string& problem);
@@ -551,7 +552,7 @@ void CheckpointManager::Impl::commit(int64_t step, const Value& state, const Met
   apply_retention();
 }
 
-void CheckpointManager::Impl::apply_retention() {
+std::vector<CheckpointInfo> CheckpointManager::Impl::apply_retention(bool dry_run) {
   std::vector<CheckpointInfo> all;
   std::string ptr;
   {
@@ -559,7 +560,7 @@ void CheckpointManager::Impl::apply_retention() {
     all = entries;
     ptr = pointer;
   }
-  if (opts.keep_last == 0 && opts.keep_best == 0) return;
+  if (opts.keep_last == 0 && opts.keep_best == 0) return {};
 
   std::vector<bool> keep(all.size(), false);
   // The last N valid ones.
@@ -596,22 +597,25 @@ void CheckpointManager::Impl::apply_retention() {
         break;
       }
 
-  std::vector<CheckpointInfo> remaining;
-  bool removed = false;
+  std::vector<CheckpointInfo> remaining, retired;
   for (size_t i = 0; i < all.size(); ++i) {
     if (keep[i]) {
       remaining.push_back(std::move(all[i]));
       continue;
     }
+    if (dry_run) {
+      retired.push_back(std::move(all[i]));
+      continue;
+    }
     try {
       env.remove_file(join(dir, all[i].file));
-      removed = true;
+      retired.push_back(all[i]);
     } catch (const std::exception& x) {
       log("retention: cannot delete " + describe(all[i]) + ": " + x.what());
       remaining.push_back(std::move(all[i]));
     }
   }
-  if (!removed) return;
+  if (retired.empty() || dry_run) return retired;
   try {
     manager::write_manifest(env, dir, remaining);
   } catch (const std::exception& x) {
@@ -619,6 +623,7 @@ void CheckpointManager::Impl::apply_retention() {
   }
   std::lock_guard lk(mu);
   entries = std::move(remaining);
+  return retired;
 }
 
 // ------------------------------------------------------------------ async
@@ -854,6 +859,19 @@ std::optional<Checkpoint> CheckpointManager::resume(const LoadOptions& options) 
     }
   }
   return std::nullopt;
+}
+
+std::vector<CheckpointInfo> CheckpointManager::prune(bool dry_run) {
+  Impl& m = *impl_;
+  if (m.opts.read_only && !dry_run)
+    throw Error("checkpoint directory '" + m.dir + "' was opened read_only; pruning is not allowed");
+  {
+    std::unique_lock lk(m.mu);
+    m.wait_idle_locked(lk);
+    m.rethrow_error_locked(lk);
+  }
+  std::lock_guard w(m.write_mu);
+  return m.apply_retention(dry_run);
 }
 
 void CheckpointManager::refresh() {

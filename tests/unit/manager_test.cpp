@@ -358,6 +358,36 @@ TEST(ManagerPolicy, KeepBestMin) {
   EXPECT_TRUE(is_state(m.load_latest(), 6));
 }
 
+TEST(ManagerPolicy, PruneAppliesAStricterPolicyOnDemand) {
+  ManagerDir dir;
+  const double losses[] = {5, 1, 4, 3};
+  {
+    CheckpointManager m(dir.path(), quiet({}));  // retention off: all four kept
+    for (int64_t s = 1; s <= 4; ++s) m.save(s, make_state(s), {{"val_loss", losses[s - 1]}});
+    EXPECT_TRUE(m.prune().empty());  // no policy, nothing to do
+  }
+  const ManagerOptions policy = quiet({.keep_last = 1, .keep_best = 1, .metric = "val_loss"});
+  {
+    ManagerOptions ro = policy;
+    ro.read_only = true;
+    CheckpointManager reader(dir.path(), ro);
+    std::vector<int64_t> would;
+    for (const auto& c : reader.prune(/*dry_run=*/true)) would.push_back(c.step);
+    EXPECT_EQ(would, (std::vector<int64_t>{1, 3}));
+    EXPECT_EQ(steps_of(reader), (std::vector<int64_t>{1, 2, 3, 4}));  // nothing deleted
+    EXPECT_THROW(reader.prune(), Error);  // a reader never deletes
+  }
+  CheckpointManager m(dir.path(), policy);
+  std::vector<int64_t> deleted;
+  for (const auto& c : m.prune()) deleted.push_back(c.step);
+  EXPECT_EQ(deleted, (std::vector<int64_t>{1, 3}));
+  EXPECT_EQ(steps_of(m), (std::vector<int64_t>{2, 4}));  // the best (loss 1) and the last
+  EXPECT_FALSE(fs::exists(dir.file("step=00000001.pt")));
+  EXPECT_FALSE(fs::exists(dir.file("step=00000003.pt")));
+  CheckpointManager again(dir.path(), quiet({.read_only = true}));  // the manifest agrees
+  EXPECT_EQ(steps_of(again), (std::vector<int64_t>{2, 4}));
+}
+
 TEST(ManagerPolicy, KeepBestMaxIgnoresCheckpointsWithoutTheMetric) {
   ManagerDir dir;
   CheckpointManager m(dir.path(),

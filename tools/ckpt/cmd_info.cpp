@@ -6,6 +6,8 @@
 #include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
+#include "ckpt/safetensors.hpp"
+#include "container/zip.hpp"
 #include "commands.hpp"
 #include "common.hpp"
 
@@ -13,9 +15,43 @@ namespace ckpt::cli {
 namespace {
 
 struct InfoArgs {
-  std::string file;
+  std::vector<std::string> files;
   bool json = false;
 };
+
+// Small records of a torch zip archive that say which writer made it:
+// `version` (file format version), `byteorder`, and the records torch 2.x
+// adds (`.format_version`, `.storage_alignment`, `.data/serialization_id`).
+nlohmann::ordered_json archive_records(const std::shared_ptr<io::RandomAccessFile>& file) {
+  constexpr uint64_t kMaxRecord = 256;  // these records are a few bytes; larger ones are not shown
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  zip::ZipReader z(file);
+  if (z.entries().empty()) return out;
+  const std::string& first = z.entries().front().name;
+  const std::string prefix = first.substr(0, first.find('/') + 1);
+  for (const char* rec : {"version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id",
+                          ".data/version"}) {
+    const zip::Entry* e = z.find(prefix + rec);
+    if (!e || e->uncompressed_size > kMaxRecord) continue;
+    std::string v = z.read_string(*e);
+    while (!v.empty() && (v.back() == '\n' || v.back() == '\r')) v.pop_back();
+    out[rec] = v;
+  }
+  return out;
+}
+
+// What the records say about the writer.
+std::string writer_guess(Format format, const nlohmann::ordered_json& records) {
+  if (format == Format::torch_legacy) return "torch < 1.6, or _use_new_zipfile_serialization=False";
+  if (format == Format::torch_tar) return "torch 0.1.x";
+  if (format == Format::torchscript) return "torch.jit.save / LibTorch";
+  if (format == Format::torch_zip) {
+    if (records.contains(".format_version")) return "torch >= 2.4 (no exact version is recorded)";
+    if (records.contains(".data/serialization_id")) return "torch >= 2.2 (no exact version is recorded)";
+    return "torch >= 1.6 (no exact version is recorded)";
+  }
+  return "";
+}
 
 // Keys training scripts use for bookkeeping values worth showing.
 bool is_metadata_key(const std::string& k) {
@@ -37,8 +73,8 @@ std::string type_summary(const Value& v) {
   }
 }
 
-int run_info(const InfoArgs& a) {
-  auto file = detail::open_for_load(a.file, true);
+int run_info_file(const InfoArgs& a, const std::string& path, nlohmann::ordered_json* json_out) {
+  auto file = detail::open_for_load(path, true);
   LoadOptions opts;
   opts.mmap = true;
   opts.weights_only = true;
@@ -67,8 +103,13 @@ int run_info(const InfoArgs& a) {
   });
 
   nlohmann::ordered_json out;
-  out["file"] = a.file;
+  out["file"] = path;
   out["format"] = std::string(format_name(format));
+  nlohmann::ordered_json records = nlohmann::ordered_json::object();
+  if (format == Format::torch_zip || format == Format::torchscript) records = archive_records(file);
+  if (!records.empty()) out["records"] = records;
+  if (const std::string w = writer_guess(format, records); !w.empty()) out["writer"] = w;
+  if (format == Format::safetensors) out["safetensors_metadata"] = safetensors_metadata(path);
   out["file_bytes"] = file->size();
   out["tensors"] = count;
   out["tensor_bytes"] = total;
@@ -94,24 +135,57 @@ int run_info(const InfoArgs& a) {
   if (!unsafe_reason.empty()) out["unsafe_reason"] = unsafe_reason;
 
   if (a.json) {
-    std::printf("%s\n", out.dump(2).c_str());
+    *json_out = std::move(out);
     return kExitOk;
   }
-  std::printf("file:        %s (%s bytes)\n", a.file.c_str(), thousands(file->size()).c_str());
+  std::printf("file:        %s (%s bytes)\n", path.c_str(), thousands(file->size()).c_str());
   std::printf("format:      %s\n", std::string(format_name(format)).c_str());
+  if (out.contains("writer")) std::printf("writer:      %s\n", out["writer"].get<std::string>().c_str());
+  if (!records.empty()) {
+    std::string r;
+    for (const auto& [k, v] : records.items()) r += (r.empty() ? "" : ", ") + k + "=" + v.get<std::string>();
+    std::printf("records:     %s\n", r.c_str());
+  }
+  if (out.contains("safetensors_metadata")) {
+    std::printf("metadata (safetensors header):\n");
+    for (const auto& [k, v] : out["safetensors_metadata"].items())
+      std::printf("  %-30s %s\n", nlohmann::json(k).dump().c_str(), v.dump().c_str());
+  }
   std::printf("tensors:     %s, %s (%s storages, %s)\n", thousands(count).c_str(), human_bytes(total).c_str(),
               thousands(storages.size()).c_str(), human_bytes(storage_bytes).c_str());
   for (const auto& [d, h] : by_dtype)
     std::printf("  %-16s %10s tensors  %12s\n", d.c_str(), thousands(h.first).c_str(), human_bytes(h.second).c_str());
   std::printf("top level:\n");
   for (const auto& k : keys)
-    std::printf("  %-30s %s\n", k["key"].get<std::string>().c_str(), k["type"].get<std::string>().c_str());
+    std::printf("  %-30s %s\n", printable(k["key"].get<std::string>()).c_str(),
+                printable(k["type"].get<std::string>()).c_str());
   if (!meta.empty()) {
     std::printf("metadata:\n");
-    for (const auto& [k, v] : meta.items()) std::printf("  %-30s %s\n", k.c_str(), v.dump().c_str());
+    for (const auto& [k, v] : meta.items()) std::printf("  %-30s %s\n", printable(k).c_str(), v.dump().c_str());
   }
   std::printf("weights-only safe: %s\n", unsafe_reason.empty() ? "yes" : ("no: " + unsafe_reason).c_str());
   return kExitOk;
+}
+
+int run_info(const InfoArgs& a) {
+  if (a.json) {
+    std::vector<nlohmann::ordered_json> docs;
+    int rc = for_each_file(a.files, [&](const std::string& f) {
+      nlohmann::ordered_json j;
+      int r = run_info_file(a, f, &j);
+      docs.push_back(std::move(j));
+      return r;
+    });
+    if (a.files.size() == 1 && docs.size() == 1) std::printf("%s\n", docs[0].dump(2).c_str());
+    else if (a.files.size() > 1) std::printf("%s\n", nlohmann::ordered_json(docs).dump(2).c_str());
+    return rc;
+  }
+  bool first = true;
+  return for_each_file(a.files, [&](const std::string& f) {
+    if (!first) std::printf("\n");
+    first = false;
+    return run_info_file(a, f, nullptr);
+  });
 }
 
 }  // namespace
@@ -119,7 +193,7 @@ int run_info(const InfoArgs& a) {
 void register_info(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<InfoArgs>();
   CLI::App* cmd = app.add_subcommand("info", "Format, size, dtypes, top-level keys and safety of a checkpoint");
-  cmd->add_option("FILE", args->file, "Checkpoint file")->required();
+  cmd->add_option("FILE", args->files, "Checkpoint files")->required();
   cmd->add_flag("--json", args->json, "Machine-readable output");
   cmd->callback([args, exit_code] { *exit_code = run_info(*args); });
 }

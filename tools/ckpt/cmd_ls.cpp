@@ -14,7 +14,7 @@ namespace ckpt::cli {
 namespace {
 
 struct LsArgs {
-  std::string file;
+  std::vector<std::string> files;
   bool json = false;
   bool digest = false;
   bool objects = false;
@@ -40,21 +40,22 @@ void print_tree(const std::vector<TensorRef>& tensors) {
     size_t common = 0;
     while (common + 1 < parts.size() && common < open.size() && open[common] == parts[common]) ++common;
     for (size_t i = common; i + 1 < parts.size(); ++i)
-      std::printf("%*s%s/\n", static_cast<int>(2 * i), "", parts[i].c_str());
+      std::printf("%*s%s/\n", static_cast<int>(2 * i), "", printable(parts[i]).c_str());
     const Tensor& t = *r.tensor;
-    std::printf("%*s%s  %s %s  %s\n", static_cast<int>(2 * (parts.size() - 1)), "", parts.back().c_str(),
+    std::printf("%*s%s  %s %s  %s\n", static_cast<int>(2 * (parts.size() - 1)), "", printable(parts.back()).c_str(),
                 std::string(name(t.dtype())).c_str(), format_shape(t.sizes()).c_str(), human_bytes(t.nbytes()).c_str());
     parts.pop_back();
     open = std::move(parts);
   }
 }
 
-int run_ls(const LsArgs& a) {
-  LoadOptions opts;
-  opts.mmap = true;  // listing needs no copy of the data
-  opts.weights_only = !a.objects;
-  Format format = Format::unknown;
-  Value root = detail::load_path(a.file, opts, &format, nullptr);
+// Lists one file. With several files, `json_out` collects the JSON object (with
+// a "file" key) instead of printing it, and the table gets a "FILE:" heading.
+int run_ls_file(const LsArgs& a, const std::string& path, nlohmann::ordered_json* json_out) {
+  const bool several = a.files.size() > 1;
+  const Loaded loaded = load_checkpoint(path, a.objects);
+  const Format format = loaded.format;
+  const Value& root = loaded.root;
 
   std::vector<TensorRef> tensors;
   std::optional<std::regex> filter;
@@ -65,9 +66,10 @@ int run_ls(const LsArgs& a) {
       throw Error("--filter: invalid regular expression '" + a.filter + "': " + e.what());
     }
   }
-  for_each_tensor(root, [&](const std::string& path, const Tensor& t) {
-    if (!filter || std::regex_search(path, *filter)) tensors.push_back({path, &t});
+  for_each_tensor(root, [&](const std::string& p, const Tensor& t) {
+    if (!filter || std::regex_search(p, *filter)) tensors.push_back({p, &t});
   });
+  if (several && !a.json) std::printf("%s:\n", path.c_str());
   if (a.tree && !a.json) {
     print_tree(tensors);
     return kExitOk;
@@ -75,6 +77,7 @@ int run_ls(const LsArgs& a) {
 
   if (a.json) {
     nlohmann::ordered_json out;
+    if (several) out["file"] = path;
     out["format"] = std::string(format_name(format));
     auto& list = out["tensors"] = nlohmann::ordered_json::array();
     for (const auto& r : tensors) {
@@ -86,15 +89,17 @@ int run_ls(const LsArgs& a) {
       if (a.digest) t["sha256"] = tensor_sha256(*r.tensor);
       list.push_back(std::move(t));
     }
-    std::printf("%s\n", out.dump(2).c_str());
+    if (json_out) *json_out = std::move(out);
+    else std::printf("%s\n", out.dump(2).c_str());
     return kExitOk;
   }
 
   size_t w_path = 4, w_dtype = 5, w_shape = 5;
-  std::vector<std::string> shapes;
+  std::vector<std::string> shapes, paths;
   for (const auto& r : tensors) {
     shapes.push_back(format_shape(r.tensor->sizes()));
-    w_path = std::max(w_path, r.path.size());
+    paths.push_back(printable(r.path));
+    w_path = std::max(w_path, paths.back().size());
     w_dtype = std::max(w_dtype, name(r.tensor->dtype()).size());
     w_shape = std::max(w_shape, shapes.back().size());
   }
@@ -104,7 +109,7 @@ int run_ls(const LsArgs& a) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = *tensors[i].tensor;
     total += t.nbytes();
-    std::printf("%-*s  %-*s  %-*s  %10s  %s%s%s\n", static_cast<int>(w_path), tensors[i].path.c_str(),
+    std::printf("%-*s  %-*s  %-*s  %10s  %s%s%s\n", static_cast<int>(w_path), paths[i].c_str(),
                 static_cast<int>(w_dtype), std::string(name(t.dtype())).c_str(), static_cast<int>(w_shape),
                 shapes[i].c_str(), human_bytes(t.nbytes()).c_str(), t.device().c_str(), a.digest ? "  " : "",
                 a.digest ? tensor_sha256(t).c_str() : "");
@@ -114,12 +119,33 @@ int run_ls(const LsArgs& a) {
   return kExitOk;
 }
 
+int run_ls(const LsArgs& a) {
+  if (a.files.size() == 1) return for_each_file(a.files, [&](const std::string& f) { return run_ls_file(a, f, nullptr); });
+  if (a.json) {
+    auto docs = nlohmann::ordered_json::array();
+    int rc = for_each_file(a.files, [&](const std::string& f) {
+      nlohmann::ordered_json j;
+      int r = run_ls_file(a, f, &j);
+      docs.push_back(std::move(j));
+      return r;
+    });
+    std::printf("%s\n", docs.dump(2).c_str());
+    return rc;
+  }
+  bool first = true;
+  return for_each_file(a.files, [&](const std::string& f) {
+    if (!first) std::printf("\n");
+    first = false;
+    return run_ls_file(a, f, nullptr);
+  });
+}
+
 }  // namespace
 
 void register_ls(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<LsArgs>();
   CLI::App* cmd = app.add_subcommand("ls", "List the tensors of a checkpoint");
-  cmd->add_option("FILE", args->file, "Checkpoint file")->required();
+  cmd->add_option("FILE", args->files, "Checkpoint files")->required();
   cmd->add_flag("--json", args->json, "Machine-readable output");
   cmd->add_flag("--digest", args->digest, "Add the sha256 of each tensor's row-major bytes");
   cmd->add_flag("--tree", args->tree, "Show the tensors as a tree of their path components");

@@ -51,10 +51,10 @@ int run_verify(const std::string& path) {
 }  // namespace
 
 void register_verify(CLI::App& app, int* exit_code) {
-  auto path = std::make_shared<std::string>();
+  auto paths = std::make_shared<std::vector<std::string>>();
   CLI::App* cmd = app.add_subcommand("verify", "Check a checkpoint's structure, bounds and CRCs");
-  cmd->add_option("FILE", *path, "Checkpoint file")->required();
-  cmd->callback([path, exit_code] { *exit_code = run_verify(*path); });
+  cmd->add_option("FILE", *paths, "Checkpoint files")->required();
+  cmd->callback([paths, exit_code] { *exit_code = for_each_file(*paths, run_verify); });
 }
 
 }  // namespace ckpt::cli

@@ -1,8 +1,20 @@
 #include "common.hpp"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
 #include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <memory>
 #include <vector>
+
+#include "api/open_internal.hpp"
+#include "api/sharded_internal.hpp"
+#include "ckpt/open.hpp"
+#include "ckpt/error.hpp"
 
 namespace ckpt::cli {
 
@@ -31,5 +43,99 @@ std::string thousands(uint64_t n) {
 }
 
 void print_error(const std::string& message) { std::fprintf(stderr, "ckpt: error: %s\n", message.c_str()); }
+
+std::string printable(const std::string& text) {
+  // C0 controls, DEL, and the C1 controls U+0080..U+009F (UTF-8 C2 80..C2 9F:
+  // some terminals act on U+009B as a CSI).
+  auto control_at = [&](size_t i) -> size_t {  // length of the control sequence at i, or 0
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f) return 1;
+    if (c == 0xc2 && i + 1 < text.size()) {
+      const auto d = static_cast<unsigned char>(text[i + 1]);
+      if (d >= 0x80 && d <= 0x9f) return 2;
+    }
+    return 0;
+  };
+  bool plain = true;
+  for (size_t i = 0; i < text.size() && plain; ++i) plain = control_at(i) == 0;
+  if (plain) return text;
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    const size_t n = control_at(i);
+    if (c == '\t') out += "\\t";
+    else if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\\') out += "\\\\";
+    else if (n == 0) out += c;
+    else {
+      char buf[16];
+      if (n == 1) std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(c));
+      else std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned char>(text[i + 1]));
+      out += buf;
+      i += n - 1;
+    }
+  }
+  return out;
+}
+
+bool use_color(std::FILE* stream) {
+  const char* no_color = std::getenv("NO_COLOR");
+  if (no_color != nullptr && no_color[0] != '\0') return false;
+  return isatty(fileno(stream)) == 1;
+}
+
+std::string paint(const std::string& text, const char* sgr, bool on) {
+  if (!on) return text;
+  return std::string("\x1b[") + sgr + "m" + text + "\x1b[0m";
+}
+
+std::string format_number(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+Loaded load_checkpoint(const std::string& path, bool objects) {
+  LoadOptions opts;
+  opts.mmap = true;  // inspection needs no copy of the data
+  opts.weights_only = !objects;
+  Loaded out;
+  // A directory stands for the checkpoint or the shard index it holds.
+  std::error_code ec;
+  const std::string target =
+      std::filesystem::is_directory(path, ec) ? detail::find_checkpoint_in_dir(path) : path;
+  if (detail::is_shard_index(target)) {  // a Hugging Face sharded set: one state dict
+    OpenOptions oo;
+    oo.weights_only = opts.weights_only;
+    Reader r = open(target, oo);
+    out.format = r.format();
+    for (const auto& f : r.files()) out.file_bytes += std::filesystem::file_size(f, ec);
+    out.root = r.state_dict().to_value();
+    return out;
+  }
+  auto file = detail::open_for_load(target, true);
+  out.file_bytes = file->size();
+  out.root = detail::load_file(file, opts, &out.format, nullptr);
+  return out;
+}
+
+int for_each_file(const std::vector<std::string>& files, const std::function<int(const std::string&)>& fn) {
+  int worst = kExitOk;
+  for (const auto& f : files) {
+    int rc = kExitError;
+    try {
+      rc = fn(f);
+    } catch (const std::bad_alloc&) {
+      print_error(f + ": out of memory");
+    } catch (const std::exception& e) {
+      print_error(e.what());
+    }
+    worst = std::max(worst, rc);
+  }
+  return worst;
+}
 
 }  // namespace ckpt::cli

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
@@ -27,7 +28,37 @@ std::string human_bytes(uint64_t n);
 // 1234567 -> "1,234,567"
 std::string thousands(uint64_t n);
 
+// `text` safe to print on a terminal: control characters (bytes below 0x20,
+// 0x7f, and the C1 controls U+0080..U+009F) become \t, \n, \r, \xNN or
+// \u00NN, and a backslash becomes "\\" when anything was escaped; other
+// UTF-8 is kept. Tensor names come from the file: a name must not be able to
+// move the cursor or change the terminal's state. JSON output is escaped by
+// JSON itself and does not use this.
+std::string printable(const std::string& text);
+
 // "ckpt: error: ..." on stderr.
 void print_error(const std::string& message);
+
+// Whether to colour what goes to `stream`: a terminal, and NO_COLOR unset
+// (https://no-color.org).
+bool use_color(std::FILE* stream);
+// `text` wrapped in the SGR sequence `sgr` ("31" red, "32" green, "1" bold) when `on`.
+std::string paint(const std::string& text, const char* sgr, bool on);
+
+// A number for people: %.6g, "nan", "inf", "-inf".
+std::string format_number(double v);
+
+// A checkpoint loaded for inspection (mmap, weights-only unless `objects`).
+struct Loaded {
+  Value root;
+  Format format = Format::unknown;
+  uint64_t file_bytes = 0;
+};
+Loaded load_checkpoint(const std::string& path, bool objects);
+
+// Runs fn on each file in turn. An exception from one file is printed as
+// "ckpt: error: ..." and counts as exit 2; the others still run. Returns the
+// largest exit code.
+int for_each_file(const std::vector<std::string>& files, const std::function<int(const std::string&)>& fn);
 
 }  // namespace ckpt::cli
