@@ -4,6 +4,7 @@
 #include "ckpt/error.hpp"
 #include "formats/safetensors.hpp"
 #include "formats/safetensors_tree.hpp"
+#include "api/save_internal.hpp"
 
 #include <algorithm>
 #include <unordered_map>
@@ -28,17 +29,26 @@ void require_safetensors(const std::shared_ptr<io::RandomAccessFile>& file) {
 
 }  // namespace
 
-void save_safetensors(const std::string& path, const StateDict& state_dict,
+namespace detail {
+
+void save_safetensors(io::Env& env, const std::string& path, const StateDict& state_dict,
                       const std::map<std::string, std::string>& metadata) {
   const auto meta = metadata_items(metadata);
   try {
-    io::write_atomically(io::Env::posix(), path, [&](io::WritableFile& out) {
+    io::write_atomically(env, path, [&](io::WritableFile& out) {
       formats::write_safetensors(out, state_dict.items(), meta);
     });
   } catch (Error& e) {
     e.add_context(ErrorContext{path, "", std::nullopt});
     throw;
   }
+}
+
+}  // namespace detail
+
+void save_safetensors(const std::string& path, const StateDict& state_dict,
+                      const std::map<std::string, std::string>& metadata) {
+  detail::save_safetensors(io::Env::posix(), path, state_dict, metadata);
 }
 
 std::string save_safetensors_to_buffer(const StateDict& state_dict,
@@ -78,12 +88,14 @@ std::vector<std::pair<std::string, std::string>> tree_metadata(const formats::Tr
 
 }  // namespace
 
-size_t save_safetensors_checkpoint(const std::string& path, const Value& checkpoint,
+namespace detail {
+
+size_t save_safetensors_checkpoint(io::Env& env, const std::string& path, const Value& checkpoint,
                                    const std::map<std::string, std::string>& metadata) {
   try {
     formats::TreeEncoding enc = formats::encode_tree(checkpoint);
     const auto meta = tree_metadata(enc, metadata);
-    io::write_atomically(io::Env::posix(), path, [&](io::WritableFile& out) {
+    io::write_atomically(env, path, [&](io::WritableFile& out) {
       formats::write_safetensors(out, enc.tensors, meta);
     });
     return enc.aliases;
@@ -91,6 +103,13 @@ size_t save_safetensors_checkpoint(const std::string& path, const Value& checkpo
     e.add_context(ErrorContext{path, "", std::nullopt});
     throw;
   }
+}
+
+}  // namespace detail
+
+size_t save_safetensors_checkpoint(const std::string& path, const Value& checkpoint,
+                                   const std::map<std::string, std::string>& metadata) {
+  return detail::save_safetensors_checkpoint(io::Env::posix(), path, checkpoint, metadata);
 }
 
 std::string save_safetensors_checkpoint_to_buffer(const Value& checkpoint,

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <unordered_set>
 
+#include "api/save_internal.hpp"
 #include "api/sharded_internal.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/safetensors.hpp"
@@ -151,6 +152,11 @@ uint64_t parse_size(std::string_view text) {
 }
 
 ShardedFiles save_sharded(const std::string& dir, const StateDict& state_dict, const ShardOptions& options) {
+  return detail::save_sharded(io::Env::posix(), dir, state_dict, options);
+}
+
+ShardedFiles detail::save_sharded(io::Env& env, const std::string& dir, const StateDict& state_dict,
+                                  const ShardOptions& options) {
   const bool st = options.format == ShardFormat::safetensors;
   const std::string prefix = !options.prefix.empty() ? options.prefix : st ? "model" : "pytorch_model";
   const std::string ext = st ? ".safetensors" : ".bin";
@@ -188,8 +194,8 @@ ShardedFiles save_sharded(const std::string& dir, const StateDict& state_dict, c
   ShardedFiles out;
   out.total_size = total;
   auto write_one = [&](const std::string& path, const StateDict& sd) {
-    if (st) save_safetensors(path, sd, options.metadata);
-    else save_state_dict(path, sd);
+    if (st) detail::save_safetensors(env, path, sd, options.metadata);
+    else detail::save(env, path, sd.to_value(), SaveOptions{});
     out.files.push_back(path);
   };
   const fs::path base(dir);
@@ -211,7 +217,7 @@ ShardedFiles save_sharded(const std::string& dir, const StateDict& state_dict, c
   index["weight_map"] = std::move(weight_map);
   const std::string text = index.dump(2, ' ', /*ensure_ascii=*/true) + "\n";  // json.dumps(indent=2, sort_keys=True)
   out.index = (base / (prefix + ext + ".index.json")).string();
-  io::write_atomically(io::Env::posix(), out.index, [&](io::WritableFile& f) {
+  io::write_atomically(env, out.index, [&](io::WritableFile& f) {
     f.append({reinterpret_cast<const std::byte*>(text.data()), text.size()});
   });
   return out;

@@ -15,6 +15,7 @@ import pty
 import select
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
@@ -77,6 +78,14 @@ def main():
     check(rc == 0 and se == b"", "no progress bar when stderr is a pipe", se)
     so, se, rc = run(stats, tty_stdout=False, tty_stderr=True, env=dict(env, CKPT_NO_PROGRESS="1"))
     check(b"stats [" not in se, "no progress bar with CKPT_NO_PROGRESS", se)
+
+    # convert: a byte-counting bar while the output is written, none into a pipe
+    with tempfile.TemporaryDirectory() as tmp:
+        convert = [ckpt, "convert", os.path.join(C, "stats.pt"), os.path.join(tmp, "out.safetensors")]
+        so, se, rc = run(convert, tty_stdout=False, tty_stderr=True, env=env)
+        check(rc == 0 and b"convert [" in se and b"ckpt: wrote" in se, "convert draws a bar on a terminal", se)
+        so, se, rc = run(convert, tty_stdout=False, tty_stderr=False, env=env)
+        check(rc == 0 and b"convert [" not in se, "convert draws no bar into a pipe", se)
 
     # colour: a terminal stdout, unless NO_COLOR
     so, se, rc = run(diff, tty_stdout=True, tty_stderr=False, env=env)

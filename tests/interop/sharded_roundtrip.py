@@ -233,6 +233,15 @@ def main():
                     bits_equal(torch.nan_to_num(got[k]), torch.nan_to_num(want))
                 check(ok, f"--dtype {dt}: {k}")
 
+    # safetensors metadata is carried to safetensors output
+    meta_src = os.path.join(w, "meta_src.safetensors")
+    save_file({"x": torch.ones(3)}, meta_src, metadata={"format": "pt", "author": "someone", "license": "mit"})
+    meta_out = os.path.join(w, "meta_out.safetensors")
+    run(ckpt, "convert", meta_src, meta_out, "--dtype", "float16")
+    if os.path.exists(meta_out):
+        with safe_open(meta_out, framework="pt") as so:
+            check(so.metadata() == {"format": "pt", "author": "someone", "license": "mit"}, f"metadata {so.metadata()}")
+
     # 5. training checkpoint without pickle
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -8,6 +8,9 @@
 #include <regex>
 
 #include "api/open_internal.hpp"
+#include "api/save_internal.hpp"
+#include "io/file.hpp"
+#include "progress.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
 #include "ckpt/open.hpp"
@@ -48,6 +51,64 @@ std::regex compile(const std::string& pattern, const char* option) {
   } catch (const std::regex_error& e) {
     throw Error(std::string(option) + ": not a valid regular expression: '" + pattern + "' (" + e.what() + ")");
   }
+}
+
+// The POSIX file system, counting every byte written into a progress bar.
+class ProgressEnv : public io::Env {
+ public:
+  explicit ProgressEnv(Progress& bar) : bar_(bar) {}
+  std::unique_ptr<io::WritableFile> new_writable_file(const std::string& path) override {
+    return std::make_unique<File>(base_.new_writable_file(path), bar_);
+  }
+  void rename_file(const std::string& from, const std::string& to) override { base_.rename_file(from, to); }
+  void remove_file(const std::string& path) override { base_.remove_file(path); }
+  void sync_dir(const std::string& dir) override { base_.sync_dir(dir); }
+  bool file_exists(const std::string& path) override { return base_.file_exists(path); }
+
+ private:
+  class File : public io::WritableFile {
+   public:
+    File(std::unique_ptr<io::WritableFile> f, Progress& bar) : f_(std::move(f)), bar_(bar) {}
+    void append(std::span<const std::byte> data) override {
+      f_->append(data);
+      bar_.advance(data.size());
+    }
+    void sync() override { f_->sync(); }
+    void close() override { f_->close(); }
+    uint64_t size() const override { return f_->size(); }
+
+   private:
+    std::unique_ptr<io::WritableFile> f_;
+    Progress& bar_;
+  };
+  io::Env& base_ = io::Env::posix();
+  Progress& bar_;
+};
+
+// The state dict as the same kind of container the input had (dict or
+// OrderedDict, with its _metadata when it had one), so an unchanged state
+// dict is written exactly as torch.save wrote it.
+Value like(const Value& root, const StateDict& sd) {
+  const Dict& in = root.as_dict();
+  Value out = in.ordered ? Value::ordered_dict() : Value::dict();
+  Dict& d = out.as_dict();
+  d.reserve(sd.size());
+  for (const auto& [name, t] : sd) d.set(Value(name), Value(t));
+  if (in.attributes.is_dict()) {  // BUILD state: {'_metadata': ...}, renamed by transform()
+    Value attrs = Value::dict();
+    for (const auto& [k, v] : in.attributes.as_dict())
+      attrs.as_dict().set(k, k.is_string() && k.as_string() == "_metadata" ? sd.metadata : v);
+    d.attributes = attrs;
+  } else {
+    d.attributes = in.attributes;
+  }
+  return out;
+}
+
+uint64_t tensor_bytes(const Value& root) {
+  uint64_t n = 0;
+  for_each_tensor(root, [&](const std::string&, const Tensor& t) { n += t.nbytes(); });
+  return n;
 }
 
 struct RenameRule {
@@ -153,37 +214,46 @@ int run_convert(const ConvertArgs& a) {
                 " holds a checkpoint tree; select the state dict with --key (e.g. --key model)");
   if (flat) sd = transform(sd, a, dtype);
 
+  // Carry a safetensors input's metadata where the output can hold it.
+  std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  if (format == Format::safetensors && !is_directory(a.in))
+    for (const auto& [k, v] : safetensors_metadata(a.in))
+      if (k != "ckpt.tree") metadata[k] = v;
+
+  Progress bar("convert", flat ? sd.nbytes() : tensor_bytes(root), Progress::Unit::bytes);
+  ProgressEnv env(bar);
   std::string what;
   if (sharded_out) {
     ShardOptions so;
     so.format = to == "torch" ? ShardFormat::torch : ShardFormat::safetensors;
+    so.metadata = metadata;
     if (!a.max_shard_size.empty()) so.max_shard_size = parse_size(a.max_shard_size);
     if (so.format == ShardFormat::safetensors)
       for (const auto& [alias, kept] : remove_shared_tensors(sd))
         std::fprintf(stderr, kept.empty() ? "ckpt: note: '%s' overlaps another tensor's memory: stored as a copy\n"
                                           : "ckpt: note: '%s' is the same tensor as '%s': stored once, as '%s'\n",
                      alias.c_str(), kept.c_str(), kept.c_str());
-    ShardedFiles files = save_sharded(a.out, sd, so);
+    ShardedFiles files = detail::save_sharded(env, a.out, sd, so);
     what = std::to_string(files.files.size()) + " shard(s)" + (files.index.empty() ? "" : " + " + files.index);
   } else if (to == "torch") {
-    if (flat) save_state_dict(a.out, sd);
-    else save(a.out, root);
+    detail::save(env, a.out, flat ? like(root, sd) : root, SaveOptions{});
     what = a.out;
   } else if (flat) {
     for (const auto& [alias, kept] : remove_shared_tensors(sd))
       std::fprintf(stderr, kept.empty() ? "ckpt: note: '%s' overlaps another tensor's memory: stored as a copy\n"
                                         : "ckpt: note: '%s' is the same tensor as '%s': stored once, as '%s'\n",
                    alias.c_str(), kept.c_str(), kept.c_str());
-    save_safetensors(a.out, sd, {{"format", "pt"}});
+    detail::save_safetensors(env, a.out, sd, metadata);
     what = a.out;
   } else {
     // A training checkpoint: tensors by path, the tree as JSON metadata.
     if (dtype) throw Error("--dtype works on a state dict; select one with --key");
-    size_t aliases = save_safetensors_checkpoint(a.out, root);
+    size_t aliases = detail::save_safetensors_checkpoint(env, a.out, root, metadata);
     if (aliases > 0)
       std::fprintf(stderr, "ckpt: note: %zu tensor reference(s) share another's data: stored once\n", aliases);
     what = a.out + " (checkpoint tree in __metadata__[\"ckpt.tree\"])";
   }
+  bar.finish();
   std::fprintf(stderr, "ckpt: wrote %s (%s from %s)\n", what.c_str(), to.c_str(), from.c_str());
   return kExitOk;
 }
