@@ -143,6 +143,25 @@ def compare(what, model, opt, ref_model, ref_opt):
     return errors
 
 
+def layout_errors(what, saved, py_opt):
+    """The optimizer dict C++ wrote must be laid out as this torch's own state_dict()."""
+    errors = []
+    own = py_opt.state_dict()
+    for g, ref_g in zip(saved["param_groups"], own["param_groups"]):
+        if list(g) != list(ref_g):
+            errors.append(f"{what}: param_groups keys {list(g)}, Python writes {list(ref_g)}")
+        for k in g:
+            if k in ref_g and type(g[k]) is not type(ref_g[k]):
+                errors.append(f"{what}: param_groups {k!r} is a {type(g[k]).__name__}, "
+                              f"Python writes a {type(ref_g[k]).__name__}")
+    for i, st in own["state"].items():
+        for k, v in st.items():
+            w = saved["state"].get(i, {}).get(k)
+            if type(w) is not type(v) or (torch.is_tensor(v) and (w.dtype != v.dtype or w.shape != v.shape)):
+                errors.append(f"{what}: state {i}.{k}: {w!r:.60} where Python has {v!r:.60}")
+    return errors
+
+
 def run_cxx(args, src, dst, steps):
     cmd = [args.resume, "--in", src, "--out", dst, "--optimizer", args.optimizer, "--steps", str(steps)]
     print("$", " ".join(cmd), flush=True)
@@ -178,6 +197,7 @@ def main():
     if not compare("control (N steps vs N+M, must differ)", early, early_opt, ref, ref_opt):
         errors.append("control: the state after N steps compares equal to N+M steps")
     ckpt, model, opt = load(b, args.optimizer)
+    errors += layout_errors("python-starts", ckpt["optimizer"], ref_opt)
     if ckpt["step"] != N_STEPS + M_STEPS:
         errors.append(f"python-starts: step {ckpt['step']}, expected {N_STEPS + M_STEPS}")
     errors += compare("python-starts", model, opt, ref, ref_opt)
@@ -190,6 +210,7 @@ def main():
     save(c, model, opt, 0, x, y)
     run_cxx(args, c, d, N_STEPS)
     ckpt, model, opt = load(d, args.optimizer)
+    errors += layout_errors("cxx-starts", ckpt["optimizer"], ref_opt)
     train(model, opt, x, y, M_STEPS)
     errors += compare("cxx-starts", model, opt, ref, ref_opt)
 
