@@ -29,11 +29,19 @@ if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
   set(TORCH_CUDA_ARCH_LIST "8.0;9.0")
 endif()
 
+get_directory_property(_ckpt_imported_before IMPORTED_TARGETS)
 find_package(Torch QUIET)
 if(NOT Torch_FOUND)
   message(STATUS "ckpt: LibTorch not found; the adapter ckpt::torch is not built")
   return()
 endif()
+# LibTorch's imported targets (torch, torch_cpu, c10...) become global, so that a
+# project that adds ckpt with add_subdirectory can link ckpt::torch.
+get_directory_property(_ckpt_imported_after IMPORTED_TARGETS)
+list(REMOVE_ITEM _ckpt_imported_after ${_ckpt_imported_before})
+foreach(_t IN LISTS _ckpt_imported_after)
+  set_property(TARGET ${_t} PROPERTY IMPORTED_GLOBAL TRUE)
+endforeach()
 message(STATUS "ckpt: LibTorch ${Torch_VERSION} found (${TORCH_INSTALL_PREFIX}); building ckpt::torch")
 
 add_library(ckpt_torch ${CMAKE_CURRENT_LIST_DIR}/module.cpp ${CMAKE_CURRENT_LIST_DIR}/optim.cpp)
