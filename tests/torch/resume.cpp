@@ -4,6 +4,7 @@
 // saves a checkpoint Python loads with torch.load(weights_only=True).
 //
 //   ckpt_torch_resume --in start.pt --out resumed.pt --optimizer adam --steps 5
+//                     [--state-dict-out model.pt]
 //
 // The checkpoint is a dict {model, optimizer, epoch, step, data: {x, y}}; the
 // model is Python's
@@ -32,7 +33,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string in, out, opt_name = "adam";
+  std::string in, out, sd_out, opt_name = "adam";
   int steps = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
     else if (a == "--out") out = argv[i + 1];
     else if (a == "--optimizer") opt_name = argv[i + 1];
     else if (a == "--steps") steps = std::atoi(argv[i + 1]);
+    else if (a == "--state-dict-out") sd_out = argv[i + 1];
     else {
       std::cerr << "usage: ckpt_torch_resume --in FILE --out FILE [--optimizer NAME] [--steps N]\n";
       return 2;
@@ -77,6 +79,8 @@ int main(int argc, char** argv) {
     ckpt::Value saved = ckpt::load(out);
     saved.as_dict().set("data", ckpt::lookup(file, "data"));
     ckpt::save(out, saved);
+    // The model alone, as torch.save(model.state_dict()) would write it.
+    if (!sd_out.empty()) ckpt::torch::save_state_dict(*model, sd_out);
     std::cout << "resumed at step " << state.step - steps << ", trained " << steps << " steps with "
               << opt_name << ", saved " << out << "\n";
   } catch (const std::exception& e) {

@@ -162,8 +162,8 @@ def layout_errors(what, saved, py_opt):
     return errors
 
 
-def run_cxx(args, src, dst, steps):
-    cmd = [args.resume, "--in", src, "--out", dst, "--optimizer", args.optimizer, "--steps", str(steps)]
+def run_cxx(args, src, dst, steps, extra=()):
+    cmd = [args.resume, "--in", src, "--out", dst, "--optimizer", args.optimizer, "--steps", str(steps), *extra]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -190,7 +190,13 @@ def main():
     a = os.path.join(args.workdir, "python_start.pt")
     b = os.path.join(args.workdir, "cxx_resumed.pt")
     save(a, model, opt, N_STEPS, x, y)
-    run_cxx(args, a, b, M_STEPS)
+    sd_path = os.path.join(args.workdir, "cxx_model.pt")
+    run_cxx(args, a, b, M_STEPS, ["--state-dict-out", sd_path])
+    # The plain state dict loads the safe way in every torch version, strictly.
+    plain = make_model()
+    plain.load_state_dict(torch.load(sd_path, weights_only=True))
+    if list(torch.load(sd_path, weights_only=True)) != list(ref.state_dict()):
+        errors.append("state dict: keys or their order differ from Python's")
     # Negative control: the state after N steps must NOT pass for N+M steps,
     # or the comparison below proves nothing.
     _, early, early_opt = load(a, args.optimizer)
@@ -201,6 +207,7 @@ def main():
     if ckpt["step"] != N_STEPS + M_STEPS:
         errors.append(f"python-starts: step {ckpt['step']}, expected {N_STEPS + M_STEPS}")
     errors += compare("python-starts", model, opt, ref, ref_opt)
+    errors += compare("python-starts (model.pt)", plain, opt, ref, ref_opt)
 
     # C++ starts (from Python's initial weights), Python resumes.
     model = make_model()
