@@ -3,6 +3,7 @@
 // kept to two translation units.)
 #include <torch/version.h>
 
+#include <memory>
 #include <regex>
 #include <sstream>
 #include <unordered_map>
@@ -136,11 +137,12 @@ DType from_scalar_type(c10::ScalarType type) {
   if (!options.copy && storage.writable() && storage.nbytes() > 0) {
     // View the whole storage, so that the offset and strides are torch's own
     // and tensors sharing a ckpt Storage share memory in torch too.
-    auto* keep = new Storage(storage);
+    auto keep = std::make_unique<Storage>(storage);
     std::byte* base = storage.mutable_data();
     const int64_t elems = static_cast<int64_t>(storage.nbytes() / tensor.itemsize());
     auto whole = ::torch::from_blob(
-        base, {elems}, [keep](void*) { delete keep; }, topts);
+        base, {elems}, [k = keep.get()](void*) { delete k; }, topts);
+    keep.release();  // owned by the torch storage's deleter from here on
     out = whole.as_strided(tensor.sizes(), tensor.strides(), tensor.storage_offset());
   } else {
     out = ::torch::empty(tensor.sizes(), topts);

@@ -150,6 +150,11 @@ TEST(TorchTensor, FromTorchIsZeroCopyAndKeepsTheTorchTensorAlive) {
   EXPECT_EQ(cs.storage_offset(), 3);
   EXPECT_TRUE(torch::equal(ct::to_torch(cs), sliced));
   EXPECT_FALSE(ct::from_torch(torch::Tensor()).defined());
+  // Empty tensors cross both ways.
+  ckpt::Tensor empty = ct::from_torch(torch::empty({0, 3}));
+  EXPECT_EQ(empty.numel(), 0);
+  EXPECT_EQ(ct::to_torch(empty).sizes(), torch::IntArrayRef({0, 3}));
+  EXPECT_EQ(ct::to_torch(ckpt::Tensor::empty(ckpt::DType::int64, {2, 0})).sizes(), torch::IntArrayRef({2, 0}));
 }
 
 // ---- modules ------------------------------------------------------------------
