@@ -380,6 +380,39 @@ TEST(TorchOptim, RoundTripContinuesIdentically) {
   }
 }
 
+TEST(TorchOptim, SeveralParamGroupsAreNumberedAcrossGroups) {
+  auto m = bn_linear();
+  auto bn = m[0]->as<torch::nn::BatchNorm1d>();
+  auto fc = m[1]->as<torch::nn::Linear>();
+  using torch::optim::Adam, torch::optim::AdamOptions, torch::optim::OptimizerParamGroup;
+  auto make = [&] {
+    std::vector<OptimizerParamGroup> groups;
+    groups.emplace_back(std::vector<torch::Tensor>{bn->weight, bn->bias}, std::make_unique<AdamOptions>(0.1));
+    groups.emplace_back(std::vector<torch::Tensor>{fc->weight, fc->bias}, std::make_unique<AdamOptions>(0.01));
+    return std::make_unique<Adam>(std::move(groups), AdamOptions(0.5));
+  };
+  auto adam = make();
+  train(*m, *adam, 2);
+  ckpt::Value sd = ct::optimizer_state_dict(*adam);
+  EXPECT_EQ(ckpt::lookup(sd, "param_groups/0/params"), ckpt::Value::list({0, 1}));
+  EXPECT_EQ(ckpt::lookup(sd, "param_groups/1/params"), ckpt::Value::list({2, 3}));
+  EXPECT_EQ(ckpt::lookup(sd, "param_groups/1/lr").as_float(), 0.01);
+  EXPECT_EQ(ckpt::lookup(sd, "state/3/exp_avg").as_tensor().sizes(), (std::vector<int64_t>{2}));
+
+  auto other = make();
+  for (auto& g : other->param_groups()) g.options().set_lr(1.0);
+  ct::load_optimizer_state_dict(*other, sd);
+  EXPECT_EQ(other->param_groups()[0].options().get_lr(), 0.1);
+  EXPECT_EQ(other->param_groups()[1].options().get_lr(), 0.01);
+  EXPECT_EQ(ct::optimizer_state_dict(*other), sd);
+
+  torch::optim::Adam one_group(m->parameters(), AdamOptions(0.1));
+  EXPECT_NE(error_of([&] { ct::load_optimizer_state_dict(one_group, sd); })
+                .find("loaded state dict has a different number of parameter groups (2 in the checkpoint, 1 in "
+                      "the Adam optimizer)"),
+            std::string::npos);
+}
+
 TEST(TorchOptim, MismatchesAreClearErrors) {
   auto m = bn_linear();
   torch::optim::Adam adam(m->parameters(), torch::optim::AdamOptions(0.01));
