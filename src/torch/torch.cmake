@@ -47,6 +47,7 @@ message(STATUS "ckpt: LibTorch ${Torch_VERSION} found (${TORCH_INSTALL_PREFIX});
 add_library(ckpt_torch ${CMAKE_CURRENT_LIST_DIR}/module.cpp ${CMAKE_CURRENT_LIST_DIR}/optim.cpp)
 add_library(ckpt::torch ALIAS ckpt_torch)
 target_link_libraries(ckpt_torch PUBLIC ckpt ${TORCH_LIBRARIES})
+target_compile_features(ckpt_torch PUBLIC cxx_std_20)  # its headers (and ckpt's) need C++20
 target_include_directories(ckpt_torch PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
 target_compile_options(ckpt_torch PRIVATE ${CKPT_WARNINGS} ${TORCH_CXX_FLAGS})
 set_target_properties(ckpt_torch PROPERTIES EXPORT_NAME torch)
