@@ -55,6 +55,14 @@ struct Reader::Impl {
 
 namespace {
 
+LoadOptions mapped(const OpenOptions& options) {
+  LoadOptions lo;
+  lo.map_location = options.map_location;
+  lo.weights_only = options.weights_only;
+  lo.mmap = true;
+  return lo;
+}
+
 void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions& options) {
   auto file = io::map_file(path);
   if (detail::detect(file) == Format::safetensors && options.key.empty()) {
@@ -72,12 +80,8 @@ void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions&
     for (auto& [name, t] : tensors) impl.add(name, std::move(t), path, *file);
     return;
   }
-  LoadOptions lo;
-  lo.map_location = options.map_location;
-  lo.weights_only = options.weights_only;
-  lo.mmap = true;
   Format format = Format::unknown;
-  Value root = detail::load_file(file, lo, &format, nullptr);
+  Value root = detail::load_file(file, mapped(options), &format, nullptr);
   if (impl.format == Format::unknown) impl.format = format;
   impl.files.push_back(path);
   if (format == Format::safetensors) {
@@ -99,12 +103,8 @@ void open_index(Reader::Impl& impl, const std::string& index_path, const OpenOpt
   for (const auto& shard : index.shards) {
     const std::string shard_path = (dir / shard).string();
     auto file = io::map_file(shard_path);
-    LoadOptions lo;
-    lo.map_location = options.map_location;
-    lo.weights_only = options.weights_only;
-    lo.mmap = true;
     Format format = Format::unknown;
-    Value root = detail::load_file(file, lo, &format, nullptr);
+    Value root = detail::load_file(file, mapped(options), &format, nullptr);
     if (impl.format == Format::unknown) impl.format = format;
     auto& named = shard_tensors[shard];
     for_each_tensor(root, [&](const std::string& name, const Tensor& t) {

@@ -328,8 +328,7 @@ void register_diff(CLI::App& app, int* exit_code) {
   cmd->add_flag("--tensors-only", args->tensors_only, "Ignore non-tensor values (epoch, step, strings, ...)");
   cmd->add_option("--filter", args->filter, "Only paths matching this regular expression");
   cmd->add_flag("--json", args->json, "Machine-readable output");
-  cmd->add_flag("--objects", args->objects,
-                "Admit classes outside the weights-only allow-list as inert objects (nothing is executed)");
+  add_objects_flag(cmd, args->objects);
   cmd->callback([args, exit_code] { *exit_code = run_diff(*args); });
 }
 

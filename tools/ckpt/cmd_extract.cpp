@@ -315,8 +315,7 @@ void register_extract(CLI::App& app, int* exit_code) {
   cmd->add_option("--all", args->all_dir, "Write every tensor into this directory (names in DIR/index.json)");
   cmd->add_option("--filter", args->filter, "With --all: only tensors whose path matches this regular expression");
   cmd->add_option("--as", args->as, "Convert to this dtype first (e.g. float32 for bfloat16 and float8 tensors)");
-  cmd->add_flag("--objects", args->objects,
-                "Admit classes outside the weights-only allow-list as inert objects (nothing is executed)");
+  add_objects_flag(cmd, args->objects);
   cmd->callback([args, exit_code] { *exit_code = run_extract(*args); });
 }
 

@@ -150,8 +150,7 @@ void register_ls(CLI::App& app, int* exit_code) {
   cmd->add_flag("--digest", args->digest, "Add the sha256 of each tensor's row-major bytes");
   cmd->add_flag("--tree", args->tree, "Show the tensors as a tree of their path components");
   cmd->add_option("--filter", args->filter, "Only tensors whose path matches this regular expression");
-  cmd->add_flag("--objects", args->objects,
-                "Admit classes outside the weights-only allow-list as inert objects (nothing is executed)");
+  add_objects_flag(cmd, args->objects);
   cmd->callback([args, exit_code] { *exit_code = run_ls(*args); });
 }
 

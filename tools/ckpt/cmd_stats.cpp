@@ -203,8 +203,7 @@ void register_stats(CLI::App& app, int* exit_code) {
   cmd->add_option("FILE", args->files, "Checkpoint files")->required();
   cmd->add_option("--filter", args->filter, "Only tensors whose path matches this regular expression");
   cmd->add_flag("--json", args->json, "Machine-readable output");
-  cmd->add_flag("--objects", args->objects,
-                "Admit classes outside the weights-only allow-list as inert objects (nothing is executed)");
+  add_objects_flag(cmd, args->objects);
   cmd->callback([args, exit_code] { *exit_code = run_stats(*args); });
 }
 

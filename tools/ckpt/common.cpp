@@ -138,4 +138,9 @@ int for_each_file(const std::vector<std::string>& files, const std::function<int
   return worst;
 }
 
+void add_objects_flag(CLI::App* cmd, bool& objects) {
+  cmd->add_flag("--objects", objects,
+                "Admit classes outside the weights-only allow-list as inert objects (nothing is executed)");
+}
+
 }  // namespace ckpt::cli

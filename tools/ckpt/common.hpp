@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "ckpt/load.hpp"
 #include "ckpt/value.hpp"
 
@@ -35,6 +37,9 @@ std::string thousands(uint64_t n);
 // move the cursor or change the terminal's state. JSON output is escaped by
 // JSON itself and does not use this.
 std::string printable(const std::string& text);
+
+// The --objects flag (weights_only = false), worded the same everywhere.
+void add_objects_flag(CLI::App* cmd, bool& objects);
 
 // "ckpt: error: ..." on stderr.
 void print_error(const std::string& message);
