@@ -11,6 +11,12 @@ namespace {
 constexpr std::string_view kTorchModule = "__torch__";
 constexpr std::string_view kJitPickle = "torch.jit._pickle";
 constexpr size_t kMaxCodeRecord = size_t{64} << 20;  // class sources are kilobytes
+// module.state_dict() walks every path to every submodule, as torch does: a
+// module shared twice is listed twice. A pickle can share modules so that
+// the paths number 2^depth, so the walk is bounded: modules visited (a large
+// real model has ~10^4) and bytes of the key prefixes built on the way.
+constexpr size_t kMaxModuleVisits = size_t{1} << 20;
+constexpr size_t kMaxStateKeyBytes = size_t{256} << 20;
 
 bool is_torchscript_class(std::string_view module) {
   return module == kTorchModule || module.starts_with("__torch__.");
@@ -25,30 +31,50 @@ bool is_container_wrapper(std::string_view module, std::string_view name) {
 }
 
 // Replaces wrapper objects by their first argument, everywhere in the tree.
-Value unwrap(const Value& v, int depth = 0) {
-  if (depth > 2000) throw FormatError("TorchScript object nesting is too deep");
-  switch (v.kind()) {
-    case Value::Kind::Object: {
-      Object& o = v.as_object();
-      if (is_container_wrapper(o.module, o.name)) {
-        if (!o.args.is_tuple() || o.args.as_tuple().empty())
-          throw FormatError(o.qualified() + " has no arguments");
-        return unwrap(o.args.as_tuple()[0], depth + 1);
-      }
-      if (!o.state.is_none()) o.state = unwrap(o.state, depth + 1);
-      return v;
+// Containers are changed in place; a container the pickle shares (memo) is
+// unwrapped once and its result reused, so a DAG of shared containers costs
+// its size, not the number of paths through it (which can be 2^depth).
+class Unwrapper {
+ public:
+  Value operator()(const Value& v, int depth = 0) {
+    if (depth > 2000) throw FormatError("TorchScript object nesting is too deep");
+    const void* id = v.container_id();
+    if (id != nullptr) {
+      if (auto it = done_.find(id); it != done_.end()) return it->second;
     }
-    case Value::Kind::List:
-    case Value::Kind::Tuple:
-      for (auto& item : v.items()) item = unwrap(item, depth + 1);
-      return v;
-    case Value::Kind::Dict:
-      for (auto& [k, val] : v.as_dict()) val = unwrap(val, depth + 1);
-      return v;
-    default:
-      return v;
+    Value out = unwrap_once(v, depth);
+    if (id != nullptr) done_.emplace(id, out);
+    return out;
   }
-}
+
+ private:
+  Value unwrap_once(const Value& v, int depth) {
+    switch (v.kind()) {
+      case Value::Kind::Object: {
+        Object& o = v.as_object();
+        if (is_container_wrapper(o.module, o.name)) {
+          if (!o.args.is_tuple() || o.args.as_tuple().empty())
+            throw FormatError(o.qualified() + " has no arguments");
+          return (*this)(o.args.as_tuple()[0], depth + 1);
+        }
+        if (!o.state.is_none()) o.state = (*this)(o.state, depth + 1);
+        return v;
+      }
+      case Value::Kind::List:
+      case Value::Kind::Tuple:
+        for (auto& item : v.items()) item = (*this)(item, depth + 1);
+        return v;
+      case Value::Kind::Dict:
+        for (auto& [k, val] : v.as_dict()) val = (*this)(val, depth + 1);
+        return v;
+      default:
+        return v;
+    }
+  }
+  std::unordered_map<const void*, Value> done_;
+};
+
+Value unwrap(const Value& v) { return Unwrapper()(v); }
 
 struct ClassInfo {
   bool found = false;
@@ -116,9 +142,19 @@ class ClassSources {
 // module.state_dict(): each module's parameters, then its buffers, then its
 // children in attribute order. None entries (bias=False) are skipped, as
 // Python skips them.
+struct StateWalk {
+  size_t modules = 0;
+  size_t key_bytes = 0;
+};
+
 void collect_state(const Value& module, const std::string& prefix, ClassSources& sources, StateDict& out,
-                   int depth) {
+                   int depth, StateWalk& walk) {
   if (depth > 1000) throw FormatError("TorchScript module nesting is too deep");
+  walk.key_bytes += prefix.size();
+  if (++walk.modules > kMaxModuleVisits || walk.key_bytes > kMaxStateKeyBytes)
+    throw LimitError("the TorchScript module tree reaches shared submodules through more than " +
+                     std::to_string(kMaxModuleVisits) + " paths (or " + std::to_string(kMaxStateKeyBytes >> 20) +
+                     " MiB of names); refusing to build its state dict");
   const Object& o = module.as_object();
   if (!o.state.is_dict()) return;
   const Dict& attrs = o.state.as_dict();
@@ -144,7 +180,7 @@ void collect_state(const Value& module, const std::string& prefix, ClassSources&
   for (const auto& [k, v] : attrs) {
     if (!k.is_string() || !v.is_object()) continue;
     if (!is_torchscript_class(v.as_object().module)) continue;
-    collect_state(v, prefix + k.as_string() + ".", sources, out, depth + 1);
+    collect_state(v, prefix + k.as_string() + ".", sources, out, depth + 1, walk);
   }
 }
 
@@ -172,7 +208,8 @@ TorchScriptModule read_torchscript(const zip::ZipReader& zip, const LoadOptions&
   m.constants = unwrap(unpickle_record(zip, info, "constants.pkl", constants_dir, opts, observer, accept));
   if (m.root.is_object()) {
     ClassSources sources(zip, info.prefix);
-    collect_state(m.root, "", sources, m.state_dict, 0);
+    StateWalk walk;
+    collect_state(m.root, "", sources, m.state_dict, 0, walk);
   }
   return m;
 }
