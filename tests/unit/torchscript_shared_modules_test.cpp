@@ -1,5 +1,6 @@
-// Regression (found by fuzz_torchscript's campaign, tests/fuzz/regressions/
-// torchscript/): a TorchScript pickle whose modules share submodules through
+// Regression (found by reading the code while writing fuzz_torchscript, then
+// confirmed with a crafted input, now tests/fuzz/regressions/torchscript/;
+// the fuzzer itself had not reached it): a TorchScript pickle whose modules share submodules through
 // the memo, each level holding the next one twice, has 2^depth paths. The
 // reader walked every path twice (unwrapping TorchScript's container wrappers
 // and building module.state_dict()), so a 600-byte file with 40 levels hung
