@@ -1,11 +1,20 @@
-// Regression (found by reading the code while writing fuzz_torchscript, then
+// Regressions for pickles that share containers through the memo so that
+// the paths through them number W^depth while the pickle stays a few hundred
+// bytes: every walk over such a tree must cost its size or be bounded.
+//
+// TorchScript (found by reading the code while writing fuzz_torchscript,
 // confirmed with a crafted input, now tests/fuzz/regressions/torchscript/;
-// the fuzzer itself had not reached it): a TorchScript pickle whose modules share submodules through
-// the memo, each level holding the next one twice, has 2^depth paths. The
-// reader walked every path twice (unwrapping TorchScript's container wrappers
-// and building module.state_dict()), so a 600-byte file with 40 levels hung
-// ckpt::load. Unwrapping now visits each shared container once; the state
-// dict walk, which must follow every path as torch does, is bounded.
+// the fuzzer itself had not reached it): modules each holding the next level
+// twice. The reader walked every path twice (unwrapping TorchScript's
+// container wrappers and building module.state_dict()), so a 1.4 KB file with
+// 40 levels hung ckpt::load. Unwrapping now visits each shared container
+// once; the state dict walk, which must follow every path as torch does, is
+// bounded.
+//
+// Value::repr (found the same way; it is in error messages, e.g. a bad
+// persistent id): 20 items per list and 12 levels, its per-container limits,
+// still allowed 20^12 items; a 300-byte pickle made a 262 MB message at 6
+// levels. The output is now bounded too.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -80,6 +89,44 @@ TEST(TorchScriptSharedModules, SharedSubmodulesBelowTheBoundLoad) {
   // The shared child is one object, reached twice.
   const Dict& attrs = module.as_object().state.as_dict();
   EXPECT_EQ(attrs.find(Value("a"))->container_id(), attrs.find(Value("b"))->container_id());
+}
+
+TEST(SharedContainers, ReprOfAWideSharedTreeIsBounded) {
+  // [x] * 20 where x is [y] * 20 ..., 12 levels: one list per level.
+  Value level = Value::list();
+  for (int i = 0; i < 12; ++i) level = Value::list(List(20, level));
+  std::string r = level.repr();
+  EXPECT_LE(r.size(), size_t{80} << 10);
+  EXPECT_EQ(r.substr(0, 5), "[[[[[");
+  EXPECT_NE(r.find("... (cut at 65536 characters)"), std::string::npos);
+  // Small values are untouched.
+  EXPECT_EQ(Value::list(List(3, Value::list())).repr(), "[[], [], []]");
+}
+
+TEST(SharedContainers, BadPersistentIdWithAWideSharedTreeFailsQuickly) {
+  // torch zip data.pkl: BINPERSID on ('x', <the tree above, 6 levels>).
+  std::string p = "\x80\x02]q\x00" "0"s;
+  for (int i = 1; i <= 6; ++i) {
+    p += "]("s;
+    for (int k = 0; k < 20; ++k) p += "h"s + static_cast<char>(i - 1);
+    p += "eq"s + static_cast<char>(i) + "0";
+  }
+  p += short_unicode("x") + "h"s + static_cast<char>(6) + "\x86Q."s;
+  std::string out;
+  auto w = io::string_writer(out);
+  zip::ZipWriter z(*w);
+  z.add("archive/data.pkl", std::as_bytes(std::span<const char>(p.data(), p.size())));
+  z.add("archive/version", std::as_bytes(std::span<const char>("3", 1)));
+  z.finish();
+  w->close();
+  try {
+    load(std::as_bytes(std::span<const char>(out.data(), out.size())));
+    FAIL() << "loaded a file whose persistent id is not a storage";
+  } catch (const FormatError& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("is not a storage reference"), std::string::npos) << what.substr(0, 200);
+    EXPECT_LE(what.size(), size_t{80} << 10);
+  }
 }
 
 TEST(TorchScriptSharedModules, TwoToTheFortyPathsAreRefusedNotWalked) {
