@@ -15,7 +15,7 @@ constexpr size_t kMaxCodeRecord = size_t{64} << 20;  // class sources are kiloby
 // module shared twice is listed twice. A pickle can share modules so that
 // the paths number 2^depth, so the walk is bounded: modules visited (a large
 // real model has ~10^4) and bytes of the key prefixes built on the way.
-constexpr size_t kMaxModuleVisits = size_t{1} << 20;
+constexpr size_t kMaxModuleVisits = size_t{1} << 18;
 constexpr size_t kMaxStateKeyBytes = size_t{256} << 20;
 
 bool is_torchscript_class(std::string_view module) {
