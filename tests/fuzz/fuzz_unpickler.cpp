@@ -18,9 +18,11 @@ namespace {
 
 using namespace ckpt;
 
-// Largest storage a persistent id may ask for: the harness stands in for an
-// archive, whose records are bounded by the input size in real use.
+// Largest storage a persistent id may ask for, and all of them together: the
+// harness stands in for an archive, whose records are bounded by the file
+// size in real use.
 constexpr uint64_t kMaxStorageBytes = uint64_t{1} << 20;
+constexpr uint64_t kMaxTotalStorageBytes = uint64_t{64} << 20;
 
 class StorageTable {
  public:
@@ -45,7 +47,9 @@ class StorageTable {
       return Value(it->second);
     }
     uint64_t nbytes = checked_mul_size(static_cast<uint64_t>(t[4].as_int()), itemsize(dtype), "storage size");
-    if (nbytes > kMaxStorageBytes) throw LimitError("storage larger than the harness allows");
+    if (nbytes > kMaxStorageBytes || total_ + nbytes > kMaxTotalStorageBytes)
+      throw LimitError("storages larger than the harness allows");
+    total_ += nbytes;
     StorageValue sv;
     sv.storage = Storage::allocate(static_cast<size_t>(nbytes));
     for (size_t i = 0; i < nbytes; ++i) sv.storage.mutable_data()[i] = static_cast<std::byte>(i * 7 + 1);
@@ -57,6 +61,7 @@ class StorageTable {
 
  private:
   std::map<std::string, StorageValue> cache_;
+  uint64_t total_ = 0;
 };
 
 void decode(std::span<const std::byte> bytes, pickle::GlobalPolicy policy, bool inert_torch, bool count) {
