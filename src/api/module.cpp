@@ -51,11 +51,17 @@ StateDict module_state_dict(const Value& module) {
     std::string prefix;
   };
   std::vector<Frame> stack{{&module, ""}};
-  size_t visited = 0;
+  // Shared submodules are walked once per path (as Python lists them), and a
+  // pickle can make the paths number 2^depth: bound the visits and the bytes
+  // of names built on the way.
+  size_t visited = 0, name_bytes = 0;
   while (!stack.empty()) {
     Frame f = std::move(stack.back());
     stack.pop_back();
-    if (++visited > 1'000'000) throw LimitError("module tree has more than 1,000,000 modules");
+    name_bytes += f.prefix.size();
+    if (++visited > (size_t{1} << 18) || name_bytes > (size_t{256} << 20))
+      throw LimitError("the module tree reaches its submodules through more than 262,144 paths (or 256 MiB of "
+                       "names); refusing to build its state dict");
     const Dict& attrs = *module_attributes(*f.module);
     const Value& params = attrs.at(Value("_parameters"));
     if (params.is_dict())

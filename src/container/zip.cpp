@@ -228,6 +228,18 @@ const Entry* ZipReader::find(std::string_view name) const noexcept {
   return it == by_name_.end() ? nullptr : &entries_[it->second];
 }
 
+// Deflate: bound the output before anything is allocated for it (zip bombs,
+// and central directories that claim terabytes: read() and read_string()
+// allocate the declared size, so they check first).
+void ZipReader::check_inflated_size(const Entry& e) const {
+  if (e.method == 0) return;  // stored: the size was checked against the file
+  if (e.uncompressed_size > limits_.max_inflated_size ||
+      e.uncompressed_size > kMaxDeflateRatio * e.compressed_size + 1024)
+    throw LimitError("deflated entry claims " + std::to_string(e.uncompressed_size) + " bytes from " +
+                         std::to_string(e.compressed_size) + " compressed bytes (more than deflate can produce)",
+                     ErrorContext{file_->name(), e.name, e.data_offset});
+}
+
 void ZipReader::read_into(const Entry& e, std::span<std::byte> dst) const {
   ErrorContext where{file_->name(), e.name, e.data_offset};
   if (dst.size() != e.uncompressed_size)
@@ -237,12 +249,7 @@ void ZipReader::read_into(const Entry& e, std::span<std::byte> dst) const {
     file_->read_at(e.data_offset, dst);
     return;
   }
-  // Deflate: bound the output before allocating anything (zip bombs).
-  if (e.uncompressed_size > limits_.max_inflated_size ||
-      e.uncompressed_size > kMaxDeflateRatio * e.compressed_size + 1024)
-    throw LimitError("deflated entry claims " + std::to_string(e.uncompressed_size) + " bytes from " +
-                         std::to_string(e.compressed_size) + " compressed bytes (more than deflate can produce)",
-                     where);
+  check_inflated_size(e);
   std::vector<std::byte> compressed;
   std::span<const std::byte> in;
   if (file_->memory() != nullptr) {
@@ -265,12 +272,14 @@ void ZipReader::read_into(const Entry& e, std::span<std::byte> dst) const {
 }
 
 Storage ZipReader::read(const Entry& e) const {
+  check_inflated_size(e);
   Storage s = Storage::allocate(e.uncompressed_size);
   read_into(e, {s.mutable_data(), s.nbytes()});
   return s;
 }
 
 std::string ZipReader::read_string(const Entry& e) const {
+  check_inflated_size(e);
   std::string out(e.uncompressed_size, '\0');
   read_into(e, std::as_writable_bytes(std::span<char>(out)));
   return out;

@@ -75,6 +75,9 @@ class ZipReader {
   void verify(const Entry& e, bool strict = false) const;
 
  private:
+  // Throws LimitError when a deflated entry claims more than deflate can
+  // produce from its compressed size or more than limits_ allow.
+  void check_inflated_size(const Entry& e) const;
   std::shared_ptr<io::RandomAccessFile> file_;
   ReaderLimits limits_;
   std::vector<Entry> entries_;

@@ -229,6 +229,10 @@ namespace {
 
 constexpr size_t kReprMaxItems = 20;  // items shown per container before "..."
 constexpr int kReprMaxDepth = 12;     // nesting shown before "..."
+// Total length: containers shared through a pickle's memo can make the two
+// limits above describe 20^12 items from a few hundred bytes of pickle (and
+// repr() goes into error messages about such data).
+constexpr size_t kReprMaxChars = size_t{64} << 10;
 
 std::string quote(const std::string& s, char prefix = 0) {
   std::string out;
@@ -285,6 +289,7 @@ void repr_items(const List& items, std::string& out, int depth) {
 }
 
 void repr_into(const Value& v, std::string& out, int depth) {
+  if (out.size() > kReprMaxChars) return;  // Value::repr() cuts and marks it
   if (depth > kReprMaxDepth) {
     out += "...";
     return;
@@ -388,6 +393,10 @@ void repr_into(const Value& v, std::string& out, int depth) {
 std::string Value::repr() const {
   std::string out;
   repr_into(*this, out, 0);
+  if (out.size() > kReprMaxChars) {
+    out.resize(kReprMaxChars);
+    out += "... (cut at " + std::to_string(kReprMaxChars) + " characters)";
+  }
   return out;
 }
 

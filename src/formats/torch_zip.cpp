@@ -180,29 +180,53 @@ bool is_jit_container_wrapper(std::string_view module, std::string_view name) {
                                            name == "build_boollist");
 }
 
-Value unwrap_jit_containers(const Value& v, int depth) {
-  if (depth > 2000) throw FormatError("TorchScript object nesting is too deep");
-  switch (v.kind()) {
-    case Value::Kind::Object: {
-      Object& o = v.as_object();
-      if (is_jit_container_wrapper(o.module, o.name)) {
-        if (!o.args.is_tuple() || o.args.as_tuple().empty()) throw FormatError(o.qualified() + " has no arguments");
-        return unwrap_jit_containers(o.args.as_tuple()[0], depth + 1);
-      }
-      if (!o.state.is_none()) o.state = unwrap_jit_containers(o.state, depth + 1);
-      return v;
+namespace {
+
+// Containers are changed in place; a container the pickle shares (memo) is
+// unwrapped once and its result reused, so a DAG of shared containers costs
+// its size, not the number of paths through it (which can be 2^depth).
+class Unwrapper {
+ public:
+  Value operator()(const Value& v, int depth) {
+    if (depth > 2000) throw FormatError("TorchScript object nesting is too deep");
+    const void* id = v.container_id();
+    if (id != nullptr) {
+      if (auto it = done_.find(id); it != done_.end()) return it->second;
     }
-    case Value::Kind::List:
-    case Value::Kind::Tuple:
-      for (auto& item : v.items()) item = unwrap_jit_containers(item, depth + 1);
-      return v;
-    case Value::Kind::Dict:
-      for (auto& [k, val] : v.as_dict()) val = unwrap_jit_containers(val, depth + 1);
-      return v;
-    default:
-      return v;
+    Value out = unwrap_once(v, depth);
+    if (id != nullptr) done_.emplace(id, out);
+    return out;
   }
-}
+
+ private:
+  Value unwrap_once(const Value& v, int depth) {
+    switch (v.kind()) {
+      case Value::Kind::Object: {
+        Object& o = v.as_object();
+        if (is_jit_container_wrapper(o.module, o.name)) {
+          if (!o.args.is_tuple() || o.args.as_tuple().empty()) throw FormatError(o.qualified() + " has no arguments");
+          return (*this)(o.args.as_tuple()[0], depth + 1);
+        }
+        if (!o.state.is_none()) o.state = (*this)(o.state, depth + 1);
+        return v;
+      }
+      case Value::Kind::List:
+      case Value::Kind::Tuple:
+        for (auto& item : v.items()) item = (*this)(item, depth + 1);
+        return v;
+      case Value::Kind::Dict:
+        for (auto& [k, val] : v.as_dict()) val = (*this)(val, depth + 1);
+        return v;
+      default:
+        return v;
+    }
+  }
+  std::unordered_map<const void*, Value> done_;
+};
+
+}  // namespace
+
+Value unwrap_jit_containers(const Value& v, int depth) { return Unwrapper()(v, depth); }
 
 Value unpickle_record(const zip::ZipReader& zip, const TorchZipInfo& info, const std::string& pickle_record,
                       const std::string& storage_dir, const LoadOptions& options, pickle::Observer* observer,

@@ -10,6 +10,12 @@ namespace {
 
 constexpr std::string_view kTorchModule = "__torch__";
 constexpr size_t kMaxCodeRecord = size_t{64} << 20;  // class sources are kilobytes
+// module.state_dict() walks every path to every submodule, as torch does: a
+// module shared twice is listed twice. A pickle can share modules so that
+// the paths number 2^depth, so the walk is bounded: modules visited (a large
+// real model has ~10^4) and bytes of the key prefixes built on the way.
+constexpr size_t kMaxModuleVisits = size_t{1} << 18;
+constexpr size_t kMaxStateKeyBytes = size_t{256} << 20;
 
 bool is_torchscript_class(std::string_view module) {
   return module == kTorchModule || module.starts_with("__torch__.");
@@ -81,9 +87,19 @@ class ClassSources {
 // module.state_dict(): each module's parameters, then its buffers, then its
 // children in attribute order. None entries (bias=False) are skipped, as
 // Python skips them.
+struct StateWalk {
+  size_t modules = 0;
+  size_t key_bytes = 0;
+};
+
 void collect_state(const Value& module, const std::string& prefix, ClassSources& sources, StateDict& out,
-                   int depth) {
+                   int depth, StateWalk& walk) {
   if (depth > 1000) throw FormatError("TorchScript module nesting is too deep");
+  walk.key_bytes += prefix.size();
+  if (++walk.modules > kMaxModuleVisits || walk.key_bytes > kMaxStateKeyBytes)
+    throw LimitError("the TorchScript module tree reaches shared submodules through more than " +
+                     std::to_string(kMaxModuleVisits) + " paths (or " + std::to_string(kMaxStateKeyBytes >> 20) +
+                     " MiB of names); refusing to build its state dict");
   const Object& o = module.as_object();
   if (!o.state.is_dict()) return;
   const Dict& attrs = o.state.as_dict();
@@ -109,7 +125,7 @@ void collect_state(const Value& module, const std::string& prefix, ClassSources&
   for (const auto& [k, v] : attrs) {
     if (!k.is_string() || !v.is_object()) continue;
     if (!is_torchscript_class(v.as_object().module)) continue;
-    collect_state(v, prefix + k.as_string() + ".", sources, out, depth + 1);
+    collect_state(v, prefix + k.as_string() + ".", sources, out, depth + 1, walk);
   }
 }
 
@@ -137,7 +153,8 @@ TorchScriptModule read_torchscript(const zip::ZipReader& zip, const LoadOptions&
   m.constants = unwrap_jit_containers(unpickle_record(zip, info, "constants.pkl", constants_dir, opts, observer, accept));
   if (m.root.is_object()) {
     ClassSources sources(zip, info.prefix);
-    collect_state(m.root, "", sources, m.state_dict, 0);
+    StateWalk walk;
+    collect_state(m.root, "", sources, m.state_dict, 0, walk);
   }
   return m;
 }

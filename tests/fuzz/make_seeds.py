@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Builds the seed corpus of every fuzz target from the test fixtures.
+
+    python3 tests/fuzz/make_seeds.py --fixtures tests/data/valid --out DIR
+
+writes DIR/<target>/<name> for the targets unpickler, zip, torch_zip, legacy,
+torchscript and safetensors:
+  - every fixture goes to the targets of its format (detected from its bytes,
+    as ckpt does): torch zip archives to zip and torch_zip, TorchScript
+    archives to zip, torchscript and torch_zip, legacy and tar files to legacy
+    and torch_zip, safetensors files to safetensors and torch_zip;
+  - every pickle inside them goes to unpickler: the *.pkl records of the zip
+    archives and each of the pickles a legacy file concatenates.
+Uses only the standard library (no torch). Output names are derived from
+the fixture paths, so the corpus is the same on every run.
+"""
+import argparse
+import io
+import os
+import pickletools
+import shutil
+import tarfile
+import zipfile
+
+TARGETS = ["unpickler", "zip", "torch_zip", "legacy", "torchscript", "safetensors"]
+LEGACY_MAGIC = bytes([0x80, 0x02, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19])
+
+
+def detect(data):
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return "zip"
+        return "torchscript" if any(n.endswith("/constants.pkl") for n in names) else "torch_zip"
+    if data.startswith(LEGACY_MAGIC):
+        return "legacy"
+    if len(data) > 262 and data[257:262] == b"ustar":
+        return "tar"
+    if len(data) >= 9 and data[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
+def split_pickles(data):
+    """The pickles a legacy file starts with (up to the raw storage bytes)."""
+    out, pos = [], 0
+    while pos < len(data):
+        stream = io.BytesIO(data[pos:])
+        end = None
+        try:
+            for op, _arg, at in pickletools.genops(stream):
+                if op.name == "STOP":
+                    end = at + 1
+                    break
+        except Exception:
+            break
+        if end is None:
+            break
+        out.append(data[pos:pos + end])
+        pos += end
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fixtures", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    for t in TARGETS:
+        d = os.path.join(args.out, t)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+
+    def put(target, name, data):
+        with open(os.path.join(args.out, target, name), "wb") as f:
+            f.write(data)
+
+    counts = dict.fromkeys(TARGETS, 0)
+    for root, _dirs, files in sorted(os.walk(args.fixtures)):
+        for fn in sorted(files):
+            path = os.path.join(root, fn)
+            with open(path, "rb") as f:
+                data = f.read()
+            fmt = detect(data)
+            if fmt is None:
+                continue  # expected.json and the like
+            base = os.path.relpath(path, args.fixtures).replace(os.sep, "_")
+            targets = {"torch_zip": ["zip", "torch_zip"], "zip": ["zip"],
+                       "torchscript": ["zip", "torchscript", "torch_zip"],
+                       "legacy": ["legacy", "torch_zip"], "tar": ["legacy", "torch_zip"],
+                       "safetensors": ["safetensors", "torch_zip"]}[fmt]
+            for t in targets:
+                put(t, base, data)
+                counts[t] += 1
+            pickles = []
+            if fmt in ("torch_zip", "torchscript"):
+                with zipfile.ZipFile(io.BytesIO(data)) as z:
+                    pickles = [(n, z.read(n)) for n in z.namelist() if n.endswith(".pkl")]
+            elif fmt == "legacy":
+                pickles = [(str(i), p) for i, p in enumerate(split_pickles(data))]
+            elif fmt == "tar":
+                with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+                    for m in tf.getmembers():
+                        if m.isfile():
+                            for i, p in enumerate(split_pickles(tf.extractfile(m).read())):
+                                pickles.append((f"{m.name}.{i}", p))
+            for n, p in pickles:
+                put("unpickler", base + "." + n.replace("/", "_"), p)
+                counts["unpickler"] += 1
+    print("seeds: " + ", ".join(f"{t} {counts[t]}" for t in TARGETS))
+
+
+if __name__ == "__main__":
+    main()
