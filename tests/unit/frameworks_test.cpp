@@ -128,7 +128,8 @@ TEST_P(Frameworks, CudaSavedFileKeepsDevicesAndMapLocationMovesThem) {
   EXPECT_EQ(moved.at("a.weight").device(), "cuda:0");
   OpenOptions oo;
   oo.map_location = MapLocation("cpu");
-  for (const auto& info : open(path, oo).tensors()) EXPECT_EQ(info.device, "cpu");
+  const Reader reader = open(path, oo);  // keep the Reader alive while iterating its tensors
+  for (const auto& info : reader.tensors()) EXPECT_EQ(info.device, "cpu");
 }
 
 // Files LibTorch's C++ API writes (tests/data/libtorch/make.sh, expectations
