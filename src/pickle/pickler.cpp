@@ -1,4 +1,5 @@
 #include "pickle/pickler.hpp"
+#include "pickle/utf8.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -23,39 +24,6 @@ enum Op : char {
   PROTO = '\x80', TUPLE1 = '\x85', TUPLE2 = '\x86', TUPLE3 = '\x87', NEWTRUE = '\x88',
   NEWFALSE = '\x89', LONG1 = '\x8a', LONG4 = '\x8b',
 };
-
-// What Python's BINUNICODE loader accepts: UTF-8 with surrogate code points
-// allowed (it decodes with errors='surrogatepass'), no overlong forms,
-// nothing above U+10FFFF.
-bool python_utf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<uint8_t>(s[i]);
-    size_t n;
-    uint32_t cp, min;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      n = 2, cp = c & 0x1Fu, min = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-      n = 3, cp = c & 0x0Fu, min = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-      n = 4, cp = c & 0x07u, min = 0x10000;
-    } else {
-      return false;
-    }
-    if (n > s.size() - i) return false;
-    for (size_t k = 1; k < n; ++k) {
-      const auto b = static_cast<uint8_t>(s[i + k]);
-      if ((b & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (b & 0x3Fu);
-    }
-    if (cp < min || cp > 0x10FFFF) return false;
-    i += n;
-  }
-  return true;
-}
 
 // Minimal two's complement (what CPython's encode_long writes), dropping
 // redundant sign bytes from a BigInt built by hand.
@@ -184,7 +152,7 @@ struct TorchPickler::Impl {
   // BINUNICODE without memo lookup; memoizes the new object.
   uint32_t write_str(std::string_view s) {
     if (s.size() > UINT32_MAX) throw Error("string of " + std::to_string(s.size()) + " bytes is too long to pickle");
-    if (!python_utf8(s))
+    if (!utf8::valid(s, /*allow_surrogates=*/true))  // what BINUNICODE loads (surrogatepass)
       throw Error("cannot save a string that is not valid UTF-8 (Python could not load it): " + Value(s).repr());
     op(BINUNICODE);
     u32(static_cast<uint32_t>(s.size()));

@@ -1,6 +1,6 @@
 // Private: strict UTF-8 decoding and encoding for the pickle VM.
 //
-// Strict means what Python's "utf-8" codec accepts with errors='strict': no
+// Strict (the default) means what Python's "utf-8" codec accepts with errors='strict': no
 // overlong forms, no surrogates (U+D800..U+DFFF), nothing above U+10FFFF.
 #pragma once
 
@@ -12,7 +12,7 @@ namespace ckpt::pickle::utf8 {
 
 // Decodes the code point starting at s[i] and advances i past it. Returns
 // false (leaving i unchanged) when the bytes there are not strict UTF-8.
-inline bool next(std::string_view s, size_t& i, uint32_t& cp) {
+inline bool next(std::string_view s, size_t& i, uint32_t& cp, bool allow_surrogates = false) {
   const auto byte = [&](size_t k) { return static_cast<uint8_t>(s[k]); };
   const uint8_t c = byte(i);
   if (c < 0x80) {
@@ -36,16 +36,18 @@ inline bool next(std::string_view s, size_t& i, uint32_t& cp) {
     if ((byte(i + k) & 0xC0) != 0x80) return false;
     cp = (cp << 6) | (byte(i + k) & 0x3Fu);
   }
-  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+  if (cp < min || cp > 0x10FFFF || (!allow_surrogates && cp >= 0xD800 && cp <= 0xDFFF)) return false;
   i += n;
   return true;
 }
 
-inline bool valid(std::string_view s) {
+// allow_surrogates: also accept encoded U+D800..U+DFFF, as Python's
+// BINUNICODE loader does (it decodes with errors='surrogatepass').
+inline bool valid(std::string_view s, bool allow_surrogates = false) {
   size_t i = 0;
   uint32_t cp = 0;
   while (i < s.size())
-    if (!next(s, i, cp)) return false;
+    if (!next(s, i, cp, allow_surrogates)) return false;
   return true;
 }
 
