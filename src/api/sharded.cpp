@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
@@ -57,10 +58,14 @@ bool is_shard_index(const std::string& path) {
     size_t i = 0;
     while (i < n && (head[i] == ' ' || head[i] == '\n' || head[i] == '\r' || head[i] == '\t')) ++i;
     if (i == n || head[i] != '{') return false;
-    // safetensors files start with an 8-byte length, never with whitespace or '{'
+    // JSON text holds no NUL; a safetensors file whose 8-byte header length
+    // starts with 0x7b ('{') has NULs right after it.
+    if (std::memchr(head, '\0', n) != nullptr) return false;
+    // Decided by the key, not by a successful parse, so that a damaged index
+    // gets read_shard_index's error (with its byte offset) rather than
+    // "not a checkpoint format".
     std::string text = read_small_file(path, kMaxIndexBytes);
-    auto j = nlohmann::json::parse(text, nullptr, false);
-    return j.is_object() && j.contains("weight_map");
+    return text.find("\"weight_map\"") != std::string::npos;
   } catch (const Error&) {
     return false;
   }

@@ -657,7 +657,14 @@ Value load_safetensors(const std::shared_ptr<io::RandomAccessFile>& file, const 
   for (const auto& [key, text] : header.metadata)
     if (key == kTreeMetadataKey) tree = text;
   auto tensors = read_safetensors(*file, std::move(header), options.mmap, options.map_location.apply("cpu"));
-  if (!tree.empty()) return decode_tree(tree, tensors, options);
+  if (!tree.empty()) {
+    try {
+      return decode_tree(tree, tensors, options);
+    } catch (Error& e) {
+      e.add_context(ErrorContext{"", std::string("__metadata__[\"") + kTreeMetadataKey + "\"]", std::nullopt});
+      throw;
+    }
+  }
   Value v = Value::dict();
   Dict& d = v.as_dict();
   d.reserve(tensors.size());

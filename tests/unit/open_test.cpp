@@ -181,6 +181,8 @@ TEST(Sharded, HostileOrInconsistentIndexesAreRefused) {
   expect_error(R"({"weight_map": {"layer0.weight": "s1.safetensors"}})", "does not list");
   expect_error(R"({"weight_map": {"layer0.weight": 3}})", "not a file name");
   expect_error(R"({"weight_map": {"layer0.weight": "missing.safetensors"}})", "missing.safetensors");
+  expect_error(R"({"weight_map": {"layer0.weight": "s1.saf)", "offset 0x");  // damaged: a JSON error with its offset
+  expect_error(R"({"weight_map": {"layer0.weight": "s1.saf)", "index is not valid JSON");
 }
 
 TEST(Sharded, ParseSize) {
@@ -285,7 +287,13 @@ TEST(TrainingCheckpoint, MalformedTreesAreFormatErrors) {
   for (const char* tree : {"{", R"({"a": {"$tensor": "missing"}})", R"({"$nope": 1})", R"({"a": {"$bytes": "###"}})",
                            R"({"a": {"$dict": [[[1, 2], 1]]}})", R"({"a": {"$int": "12x"}})"}) {
     save_safetensors(dir / "t.safetensors", sd, {{"ckpt.tree", tree}});
-    EXPECT_THROW((void)load(dir / "t.safetensors"), FormatError) << tree;
+    try {
+      (void)load(dir / "t.safetensors");
+      ADD_FAILURE() << "expected FormatError for " << tree;
+    } catch (const FormatError& e) {
+      EXPECT_EQ(e.context().record, "__metadata__[\"ckpt.tree\"]") << e.what();
+      EXPECT_EQ(e.context().file, dir / "t.safetensors") << e.what();
+    }
   }
 }
 
