@@ -11,6 +11,7 @@
 #include "ckpt/save.hpp"
 #include "ckpt/scan.hpp"
 #include "ckpt/sharded.hpp"
+#include "ckpt/sparse.hpp"
 #include "ckpt/state_dict.hpp"
 #include "ckpt/storage.hpp"
 #include "ckpt/tensor.hpp"

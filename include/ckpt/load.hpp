@@ -60,6 +60,15 @@ struct LoadOptions {
   MapLocation map_location;
   // torch.load(weights_only=True): refuse anything outside the allow-list.
   bool weights_only = true;
+  // numpy arrays, scalars and dtypes in the pickle, which torch.load admits
+  // once numpy's reconstruct functions are in torch.serialization's safe
+  // globals: arrays become tensors (numpy's strides kept, data made
+  // little-endian), scalars the Python number they equal (np.float32(0.5) ->
+  // 0.5, np.int64(3) -> 3), a dtype on its own stays an inert Object. Nothing
+  // from numpy is executed. Object, string and structured arrays are refused
+  // with UnsupportedError. Off: numpy globals are refused like any other
+  // (under weights_only) or kept as inert objects (weights_only = false).
+  bool numpy = false;
   // Tensor data as read-only views into a memory mapping instead of copies.
   // Needs a file whose records are aligned (torch zip 1.6+, safetensors).
   bool mmap = false;

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -19,6 +20,8 @@
 #include "ckpt/storage.hpp"
 
 namespace ckpt {
+
+struct Quantization;
 
 class Tensor {
  public:
@@ -78,6 +81,13 @@ class Tensor {
   void set_requires_grad(bool v) noexcept { requires_grad_ = v; }
   void set_is_parameter(bool v) noexcept { is_parameter_ = v; }
 
+  // Quantized tensors (dtype qint8, quint8, qint32, quint4x2, quint2x4): how
+  // the stored integers map to real values, as torch records it. Null for
+  // other tensors. The elements themselves are the integers (torch's
+  // int_repr()).
+  const Quantization* quantization() const noexcept { return quantization_.get(); }
+  void set_quantization(std::shared_ptr<const Quantization> q) { quantization_ = std::move(q); }
+
  private:
   Storage storage_;
   DType dtype_ = DType::float32;
@@ -88,6 +98,26 @@ class Tensor {
   std::string device_ = "cpu";
   bool requires_grad_ = false;
   bool is_parameter_ = false;
+  std::shared_ptr<const Quantization> quantization_;
+};
+
+// torch's quantizer parameters (real = (q - zero_point) * scale).
+struct Quantization {
+  // torch.qscheme: "per_tensor_affine", "per_channel_affine" or
+  // "per_channel_affine_float_qparams".
+  std::string scheme;
+  double scale = 1.0;      // per tensor: q_scale()
+  int64_t zero_point = 0;  // per tensor: q_zero_point()
+  Tensor scales;           // per channel: q_per_channel_scales(), one per index along `axis`
+  Tensor zero_points;      // per channel: q_per_channel_zero_points()
+  int64_t axis = 0;        // per channel: q_per_channel_axis()
+  bool per_channel() const noexcept { return scheme.starts_with("per_channel"); }
+  friend bool operator==(const Quantization& a, const Quantization& b) {
+    return a.scheme == b.scheme && a.scale == b.scale && a.zero_point == b.zero_point && a.axis == b.axis &&
+           a.scales.defined() == b.scales.defined() && (!a.scales.defined() || a.scales.equal(b.scales)) &&
+           a.zero_points.defined() == b.zero_points.defined() &&
+           (!a.zero_points.defined() || a.zero_points.equal(b.zero_points));
+  }
 };
 
 // "[2, 3]"

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ckpt/error.hpp"
+#include "ckpt/sparse.hpp"
 
 namespace ckpt {
 
@@ -58,6 +59,12 @@ void for_each_tensor(const Value& root,
         break;
       }
       case Value::Kind::Object:
+        if (auto sparse = as_sparse(v)) {  // its parts, named as torch's accessors (args: (layout, data))
+          const List& data = v.as_object().args.as_tuple()[1].as_tuple();
+          for (size_t i = 0; i < sparse->parts.size(); ++i)
+            children.push_back({&data[i], join(f.path, sparse->parts[i].first)});
+          break;
+        }
         children.push_back({&v.as_object().state, f.path});
         break;
       default:

@@ -161,11 +161,14 @@ Tensor Tensor::clone() const {
   t.device_ = device_;
   t.requires_grad_ = requires_grad_;
   t.is_parameter_ = is_parameter_;
+  t.quantization_ = quantization_;
   return t;
 }
 
 bool Tensor::equal(const Tensor& other) const {
   if (dtype_ != other.dtype_ || sizes_ != other.sizes_) return false;
+  if (static_cast<bool>(quantization_) != static_cast<bool>(other.quantization_)) return false;
+  if (quantization_ && !(*quantization_ == *other.quantization_)) return false;
   if (is_contiguous() && other.is_contiguous())
     return nbytes() == 0 || std::memcmp(data(), other.data(), nbytes()) == 0;
   return contiguous_bytes() == other.contiguous_bytes();

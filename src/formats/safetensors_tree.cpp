@@ -12,6 +12,7 @@
 
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
+#include "ckpt/sparse.hpp"
 
 namespace ckpt::formats {
 namespace {
@@ -156,6 +157,10 @@ class Encoder {
       case Value::Kind::Size: return json{{"$size", v.as_size().dims}};
       default: break;
     }
+    if (auto sparse = as_sparse(v))
+      throw UnsupportedError("a sparse tensor (" + sparse->layout +
+                                 ") cannot be stored in safetensors; save a torch checkpoint instead",
+                             ErrorContext{"", path, std::nullopt});
     throw UnsupportedError("a " + std::string(v.kind_name()) +
                                " cannot be stored in a pickle-free safetensors checkpoint (only None, bool, int, "
                                "float, complex, str, bytes, list, tuple, set, dict, tensor, dtype, device, Size)",

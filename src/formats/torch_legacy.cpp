@@ -26,6 +26,7 @@ pickle::Options base_options(const io::RandomAccessFile& f, const LoadOptions& o
   pickle::Options p;
   p.policy = options.weights_only ? pickle::GlobalPolicy::weights_only : pickle::GlobalPolicy::inspect;
   p.observer = observer;
+  p.numpy = options.numpy;
   p.file = f.name();
   p.record = record;
   return p;

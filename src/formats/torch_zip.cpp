@@ -5,7 +5,9 @@
 #include <unordered_map>
 
 #include "ckpt/error.hpp"
+#include "core/byteswap.hpp"
 #include "core/checked.hpp"
+#include "pickle/rewrite.hpp"
 
 namespace ckpt::formats {
 namespace {
@@ -112,12 +114,6 @@ class StorageLoader {
 
 }  // namespace
 
-void byteswap_elements(std::byte* data, size_t nbytes, size_t element_size) {
-  if (element_size <= 1) return;
-  for (size_t i = 0; i + element_size <= nbytes; i += element_size)
-    std::reverse(data + i, data + i + element_size);
-}
-
 TorchZipInfo inspect_torch_zip(const zip::ZipReader& zip) {
   const std::string& file = zip.file().name();
   if (zip.entries().empty()) throw FormatError("zip archive is empty, not a torch checkpoint", {file});
@@ -180,53 +176,14 @@ bool is_jit_container_wrapper(std::string_view module, std::string_view name) {
                                            name == "build_boollist");
 }
 
-namespace {
-
-// Containers are changed in place; a container the pickle shares (memo) is
-// unwrapped once and its result reused, so a DAG of shared containers costs
-// its size, not the number of paths through it (which can be 2^depth).
-class Unwrapper {
- public:
-  Value operator()(const Value& v, int depth) {
-    if (depth > 2000) throw FormatError("TorchScript object nesting is too deep");
-    const void* id = v.container_id();
-    if (id != nullptr) {
-      if (auto it = done_.find(id); it != done_.end()) return it->second;
-    }
-    Value out = unwrap_once(v, depth);
-    if (id != nullptr) done_.emplace(id, out);
-    return out;
-  }
-
- private:
-  Value unwrap_once(const Value& v, int depth) {
-    switch (v.kind()) {
-      case Value::Kind::Object: {
-        Object& o = v.as_object();
-        if (is_jit_container_wrapper(o.module, o.name)) {
-          if (!o.args.is_tuple() || o.args.as_tuple().empty()) throw FormatError(o.qualified() + " has no arguments");
-          return (*this)(o.args.as_tuple()[0], depth + 1);
-        }
-        if (!o.state.is_none()) o.state = (*this)(o.state, depth + 1);
-        return v;
-      }
-      case Value::Kind::List:
-      case Value::Kind::Tuple:
-        for (auto& item : v.items()) item = (*this)(item, depth + 1);
-        return v;
-      case Value::Kind::Dict:
-        for (auto& [k, val] : v.as_dict()) val = (*this)(val, depth + 1);
-        return v;
-      default:
-        return v;
-    }
-  }
-  std::unordered_map<const void*, Value> done_;
-};
-
-}  // namespace
-
-Value unwrap_jit_containers(const Value& v, int depth) { return Unwrapper()(v, depth); }
+Value unwrap_jit_containers(const Value& v) {
+  return pickle::rewrite_objects(v, [](const Value& obj) -> Value {
+    const Object& o = obj.as_object();
+    if (!is_jit_container_wrapper(o.module, o.name)) return obj;
+    if (!o.args.is_tuple() || o.args.as_tuple().empty()) throw FormatError(o.qualified() + " has no arguments");
+    return o.args.as_tuple()[0];
+  });
+}
 
 Value unpickle_record(const zip::ZipReader& zip, const TorchZipInfo& info, const std::string& pickle_record,
                       const std::string& storage_dir, const LoadOptions& options, pickle::Observer* observer,
@@ -243,6 +200,7 @@ Value unpickle_record(const zip::ZipReader& zip, const TorchZipInfo& info, const
   popts.persistent_load = [&loader](const Value& pid, uint64_t offset) { return loader(pid, offset); };
   popts.observer = observer;
   popts.accept_inert = std::move(accept_inert);
+  popts.numpy = options.numpy;
   popts.file = file;
   popts.record = pkl_name;
   return pickle::unpickle(pkl_bytes.bytes(), popts);

@@ -42,15 +42,12 @@ Value load_torch_zip(const zip::ZipReader& zip, const LoadOptions& options,
 // right size. Throws FormatError naming the damaged record.
 void verify_torch_zip(const zip::ZipReader& zip);
 
-// Swaps the bytes of each element in place (big-endian files).
-void byteswap_elements(std::byte* data, size_t nbytes, size_t element_size);
-
 // TorchScript's typed-container wrappers in pickles (torch.jit._pickle.
 // restore_type_tag(value, "List[int]"), build_intlist(list), ...): identity
 // functions whose first argument is the plain value. The pickle VM keeps them
 // as inert objects (accept_inert) and unwrap_jit_containers() replaces each
 // by that argument, everywhere in the tree.
 bool is_jit_container_wrapper(std::string_view module, std::string_view name);
-Value unwrap_jit_containers(const Value& v, int depth = 0);
+Value unwrap_jit_containers(const Value& v);
 
 }  // namespace ckpt::formats

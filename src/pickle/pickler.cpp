@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "ckpt/error.hpp"
+#include "ckpt/sparse.hpp"
 
 namespace ckpt::pickle {
 
@@ -311,9 +312,12 @@ struct TorchPickler::Impl {
   //   _rebuild_tensor_v3(untyped storage, offset, size, stride, requires_grad, OrderedDict(), dtype)
   void save_tensor_data(const Tensor& t, bool requires_grad) {
     if (!t.defined()) throw Error("cannot save an undefined tensor");
-    if (info(t.dtype()).is_quantized)
-      throw Error("cannot save a quantized tensor (" + std::string(name(t.dtype())) +
-                  "): ckpt does not record quantizer parameters, and torch cannot rebuild it without them");
+    if (info(t.dtype()).is_quantized) {
+      if (t.quantization() == nullptr)
+        throw Error("cannot save a quantized tensor (" + std::string(name(t.dtype())) +
+                    ") without its quantizer parameters (Tensor::set_quantization); torch cannot rebuild it");
+      return save_qtensor(t, *t.quantization(), requires_grad);
+    }
     const bool typed = !info(t.dtype()).storage_name.empty();
     save_global("torch._utils", typed ? "_rebuild_tensor_v2" : "_rebuild_tensor_v3");
     op(MARK);
@@ -325,6 +329,34 @@ struct TorchPickler::Impl {
     empty_ordered_dict();
     if (!typed) save_global("torch", name(t.dtype()));
     close_tuple(typed ? 6 : 7);
+    reduce();
+  }
+
+  // QTensor.__reduce_ex__: _rebuild_qtensor(storage, offset, size, stride,
+  //   (qscheme, scale, zero_point) | (qscheme, scales, zero_points, axis), requires_grad, OrderedDict())
+  void save_qtensor(const Tensor& t, const Quantization& q, bool requires_grad) {
+    save_global("torch._utils", "_rebuild_qtensor");
+    op(MARK);
+    save_persistent_storage(t.storage(), t.dtype(), t.device());
+    save_int(t.storage_offset());
+    save_int_tuple(t.sizes());
+    save_int_tuple(t.strides());
+    if (q.per_channel()) {
+      open_tuple(4);
+      save_global("torch", q.scheme);
+      save_tensor(q.scales);
+      save_tensor(q.zero_points);
+      save_int(q.axis);
+      close_tuple(4);
+    } else {
+      save_global("torch", q.scheme);
+      save_float(q.scale);
+      save_int(q.zero_point);
+      close_tuple(3);
+    }
+    op(requires_grad ? NEWTRUE : NEWFALSE);
+    empty_ordered_dict();
+    close_tuple(7);
     reduce();
   }
 
@@ -480,6 +512,18 @@ struct TorchPickler::Impl {
         throw Error("cannot save inert global '" + v.as_global().qualified() +
                     "': ckpt writes only what torch.load(weights_only=True) reads");
       case Value::Kind::Object:
+        if (auto sparse = as_sparse(v)) {  // as torch writes it: _rebuild_sparse_tensor(_get_layout(name), data)
+          const Object& o = v.as_object();
+          save_global(o.module, o.name);
+          save_global("torch.serialization", "_get_layout");
+          save_str("torch." + sparse->layout);
+          close_tuple(1);
+          reduce();
+          save(o.args.as_tuple()[1], depth + 1);
+          close_tuple(2);
+          reduce();
+          return;
+        }
         throw Error("cannot save inert object '" + v.as_object().qualified() +
                     "': ckpt writes only what torch.load(weights_only=True) reads");
     }

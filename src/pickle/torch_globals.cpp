@@ -4,6 +4,7 @@
 #include <string>
 
 #include "ckpt/error.hpp"
+#include "ckpt/sparse.hpp"
 #include "pickle/utf8.hpp"
 
 namespace ckpt::pickle {
@@ -97,6 +98,82 @@ Value rebuild_tensor_v3(const List& a, CallContext& ctx) {
   return Value(std::move(t));
 }
 
+// The quantizer parameters torch pickles: (torch.per_tensor_affine, scale,
+// zero_point) or (torch.per_channel_affine[_float_qparams], scales,
+// zero_points, axis).
+std::shared_ptr<const Quantization> quantizer(const Value& params, const Tensor& t) {
+  constexpr std::string_view fn = "_rebuild_qtensor";
+  if (!params.is_tuple() || params.as_tuple().empty() || params.as_tuple()[0].kind() != Value::Kind::Global)
+    bad_args(fn, "quantizer parameters are not (qscheme, ...)");
+  const List& p = params.as_tuple();
+  auto q = std::make_shared<Quantization>();
+  q->scheme = p[0].as_global().name;
+  if (q->scheme == "per_tensor_affine") {
+    if (p.size() != 3 || !(p[1].is_float() || is_integer(p[1])) || !is_integer(p[2]))
+      bad_args(fn, "per_tensor_affine parameters are not (scheme, scale, zero_point)");
+    q->scale = p[1].as_float();
+    q->zero_point = p[2].as_int();
+    return q;
+  }
+  if (q->scheme != "per_channel_affine" && q->scheme != "per_channel_affine_float_qparams")
+    throw UnsupportedError("quantized tensors with qscheme " + p[0].as_global().qualified() + " are not supported");
+  if (p.size() != 4 || !p[1].is_tensor() || !p[2].is_tensor() || !is_integer(p[3]))
+    bad_args(fn, q->scheme + " parameters are not (scheme, scales, zero_points, axis)");
+  q->scales = p[1].as_tensor();
+  q->zero_points = p[2].as_tensor();
+  q->axis = p[3].as_int();
+  if (q->axis < 0 || q->axis >= t.dim()) bad_args(fn, "axis " + std::to_string(q->axis) + " is not a dimension of the tensor");
+  const auto channels = t.sizes()[static_cast<size_t>(q->axis)];
+  for (const Tensor* x : {&q->scales, &q->zero_points})
+    if (x->dim() != 1 || x->sizes()[0] != channels)
+      bad_args(fn, "per-channel parameters of shape " + format_shape(x->sizes()) + " do not match " +
+                       std::to_string(channels) + " channels along axis " + std::to_string(q->axis));
+  return q;
+}
+
+// torch._utils._rebuild_qtensor(storage, storage_offset, size, stride,
+//                               quantizer_params, requires_grad, backward_hooks)
+Value rebuild_qtensor(const List& a, CallContext& ctx) {
+  expect_arity("_rebuild_qtensor", a, 7, 7);
+  Tensor t = rebuild("_rebuild_qtensor", a[0], a[1], a[2], a[3], std::nullopt, ctx.limits());
+  if (!info(t.dtype()).is_quantized)
+    bad_args("_rebuild_qtensor", "storage holds " + std::string(name(t.dtype())) + ", not a quantized dtype");
+  t.set_quantization(quantizer(a[4], t));
+  t.set_requires_grad(flag("_rebuild_qtensor", a[5]));
+  return Value(std::move(t));
+}
+
+// torch._utils._rebuild_sparse_tensor(layout, data) (and torch 1.x's
+// _rebuild_sparse_csr_tensor): kept as the inert call it is (ckpt/sparse.hpp),
+// after checking that its parts are tensors of consistent shapes.
+template <const char* Fn>
+Value rebuild_sparse(const List& a, CallContext&) {
+  expect_arity(Fn, a, 2, 2);
+  auto o = std::make_shared<Object>();
+  o->module = "torch._utils";
+  o->name = Fn;
+  o->how = "REDUCE";
+  o->args = Value::tuple(a);
+  Value v(std::move(o));
+  auto s = as_sparse(v);
+  if (!s)
+    bad_args(Fn, "expects (torch.sparse_coo, (indices, values, size[, is_coalesced])) or (torch.sparse_csr/csc/bsr/bsc, "
+                 "(compressed_indices, plain_indices, values, size)), got " + Value::tuple(a).repr());
+  const Tensor& values = s->parts.back().second;
+  if (s->layout == "sparse_coo") {
+    const Tensor& idx = s->parts[0].second;
+    if (idx.dim() != 2 || values.dim() < 1 || idx.sizes()[1] != values.sizes()[0] ||
+        static_cast<size_t>(idx.sizes()[0]) + static_cast<size_t>(values.dim() - 1) != s->sizes.size())
+      bad_args(Fn, "COO indices " + format_shape(idx.sizes()) + " and values " + format_shape(values.sizes()) +
+                       " do not describe a tensor of shape " + format_shape(s->sizes));
+  } else if (s->parts[0].second.dim() < 1 || s->parts[1].second.dim() < 1) {
+    bad_args(Fn, s->layout + " index tensors must have at least one dimension");
+  }
+  return v;
+}
+constexpr char kRebuildSparse[] = "_rebuild_sparse_tensor";
+constexpr char kRebuildSparseCsr[] = "_rebuild_sparse_csr_tensor";
+
 Value make_parameter(std::string_view fn, const List& a) {
   if (a.empty() || !a[0].is_tensor()) bad_args(fn, "expects a tensor, got a " + (a.empty() ? "nothing" : kind_of(a[0])));
   Tensor t = a[0].as_tensor();
@@ -156,8 +233,6 @@ template <const char* What>
 Value unsupported(const List&, CallContext&) {
   throw UnsupportedError(std::string(What) + " are not supported yet");
 }
-constexpr char kQuantized[] = "quantized tensors";
-constexpr char kSparse[] = "sparse tensors";
 constexpr char kNested[] = "nested tensors";
 constexpr char kMeta[] = "meta tensors without storage";
 constexpr char kSubclass[] = "tensor subclasses without storage (wrapper subclasses)";
@@ -310,7 +385,7 @@ struct Native {
 };
 
 // Allowed globals that can be called (REDUCE / NEWOBJ / INST / OBJ).
-constexpr std::array<Native, 23> kNatives = {{
+constexpr std::array<Native, 24> kNatives = {{
     {"collections", "OrderedDict", ordered_dict},
     {"collections", "Counter", counter},
     {"torch.nn.parameter", "Parameter", parameter_new},
@@ -326,8 +401,9 @@ constexpr std::array<Native, 23> kNatives = {{
     {"torch._utils", "_rebuild_tensor_v3", rebuild_tensor_v3},
     {"torch._utils", "_rebuild_parameter", rebuild_parameter},
     {"torch._utils", "_rebuild_parameter_with_state", rebuild_parameter_with_state},
-    {"torch._utils", "_rebuild_qtensor", unsupported<kQuantized>},
-    {"torch._utils", "_rebuild_sparse_tensor", unsupported<kSparse>},
+    {"torch._utils", "_rebuild_qtensor", rebuild_qtensor},
+    {"torch._utils", "_rebuild_sparse_tensor", rebuild_sparse<kRebuildSparse>},
+    {"torch._utils", "_rebuild_sparse_csr_tensor", rebuild_sparse<kRebuildSparseCsr>},
     {"torch._utils", "_rebuild_nested_tensor", unsupported<kNested>},
     {"torch._utils", "_rebuild_meta_tensor_no_storage", unsupported<kMeta>},
     {"torch._utils", "_rebuild_wrapper_subclass", unsupported<kSubclass>},

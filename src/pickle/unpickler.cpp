@@ -24,6 +24,7 @@
 #include <unordered_set>
 
 #include "ckpt/error.hpp"
+#include "pickle/numpy.hpp"
 #include "pickle/torch_globals.hpp"
 #include "pickle/utf8.hpp"
 
@@ -266,6 +267,7 @@ class Machine final : public CallContext {
       Value v = loop();
       check_result(v);
       if (consumed) *consumed = pos_;
+      if (opts_.numpy) v = decode_numpy(v, ErrorContext{opts_.file, opts_.record});
       return v;
     } catch (Error& e) {
       e.add_context(where());
@@ -678,7 +680,11 @@ class Machine final : public CallContext {
   }
 
   // ---- globals
-  std::string refused_message(const std::string& qualified) const {
+  std::string refused_message(const std::string& module, const std::string& qualified) const {
+    if (module == "numpy" || module.starts_with("numpy."))
+      return "global '" + qualified +
+             "' (numpy) is not allowed when loading weights; numpy arrays and scalars are decoded, never "
+             "executed, with LoadOptions::numpy (ckpt CLI: --numpy)";
     return "global '" + qualified +
            "' is not allowed when loading weights (use 'ckpt scan' to inspect the file, or load with "
            "weights_only=false (ckpt CLI: --objects) to see it as an inert object)";
@@ -694,9 +700,9 @@ class Machine final : public CallContext {
       }
       return Value(Global{std::move(module), std::move(name)});
     }
-    const bool inert = inspecting() || (!is_blocked_module(module) && opts_.accept_inert &&
-                                        opts_.accept_inert(module, name));
-    if (!inert) unsafe(refused_message(module + "." + name));
+    const bool inert = inspecting() || (opts_.numpy && is_numpy_global(module, name)) ||
+                       (!is_blocked_module(module) && opts_.accept_inert && opts_.accept_inert(module, name));
+    if (!inert) unsafe(refused_message(module, module + "." + name));
     return Value(Global{std::move(module), std::move(name)});
   }
 

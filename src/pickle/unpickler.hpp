@@ -67,6 +67,10 @@ struct Options {
   // inert Globals (calls on them inert Objects) even under weights_only.
   // Nothing is executed either way.
   std::function<bool(std::string_view module, std::string_view name)> accept_inert;
+  // numpy arrays, scalars and dtypes (pickle/numpy.hpp): their globals are
+  // accepted as inert objects, and the result has arrays decoded to tensors
+  // and scalars to numbers. Nothing from numpy is called.
+  bool numpy = false;
   // Error context.
   std::string file;
   std::string record;

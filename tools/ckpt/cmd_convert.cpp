@@ -28,7 +28,7 @@ struct ConvertArgs {
   std::string out;
   std::string to;  // "", "torch", "safetensors"
   std::string key;
-  bool objects = false;
+  ReadFlags read;
   std::vector<std::string> rename;   // REGEX=REPLACEMENT
   std::vector<std::string> only;     // REGEX
   std::vector<std::string> exclude;  // REGEX
@@ -200,7 +200,8 @@ int run_convert(const ConvertArgs& a) {
   // Input: one file (any format), a sharded set (index), or a directory holding either.
   LoadOptions opts;
   opts.mmap = true;  // the writer reads straight from the mapping
-  opts.weights_only = !a.objects;
+  opts.weights_only = !a.read.objects;
+  opts.numpy = a.read.numpy;
   Format format = Format::unknown;
   Value root = detail::load_path(a.in, opts, &format, nullptr);
   const std::string from(format_name(format));
@@ -279,7 +280,7 @@ void register_convert(CLI::App& app, int* exit_code) {
   cmd->add_option("--dtype", args->dtype, "Cast floating tensors to bfloat16, float16, float32 or float64");
   cmd->add_option("--max-shard-size", args->max_shard_size,
                   "Write a Hugging Face sharded set into OUT (a directory) with shards of at most SIZE (e.g. 5GB)");
-  cmd->add_flag("--objects", args->objects, "Admit non-allow-listed classes as inert objects when reading");
+  add_read_flags(cmd, args->read);
   cmd->callback([args, exit_code] { *exit_code = run_convert(*args); });
 }
 

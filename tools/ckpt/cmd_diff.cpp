@@ -22,7 +22,7 @@ struct DiffArgs {
   double atol = 1e-8;
   bool equal_nan = false;
   bool json = false;
-  bool objects = false;
+  ReadFlags read;
   bool tensors_only = false;
   std::string filter;
 };
@@ -160,8 +160,8 @@ int run_diff(const DiffArgs& o) {
       throw Error("--filter: invalid regular expression '" + o.filter + "': " + e.what());
     }
   }
-  const Loaded la = load_checkpoint(o.a, o.objects);
-  const Loaded lb = load_checkpoint(o.b, o.objects);
+  const Loaded la = load_checkpoint(o.a, o.read);
+  const Loaded lb = load_checkpoint(o.b, o.read);
 
   auto collect = [&](const Value& root) {
     std::vector<TensorRef> v;
@@ -328,7 +328,7 @@ void register_diff(CLI::App& app, int* exit_code) {
   cmd->add_flag("--tensors-only", args->tensors_only, "Ignore non-tensor values (epoch, step, strings, ...)");
   cmd->add_option("--filter", args->filter, "Only paths matching this regular expression");
   cmd->add_flag("--json", args->json, "Machine-readable output");
-  add_objects_flag(cmd, args->objects);
+  add_read_flags(cmd, args->read);
   cmd->callback([args, exit_code] { *exit_code = run_diff(*args); });
 }
 

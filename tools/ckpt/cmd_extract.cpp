@@ -29,7 +29,7 @@ struct ExtractArgs {
   std::string all_dir;
   std::string as;
   std::string filter;
-  bool objects = false;
+  ReadFlags read;
 };
 
 // NumPy's type string for a dtype, or "" when NumPy has no such type.
@@ -237,7 +237,7 @@ int run_extract(const ExtractArgs& a) {
 }
 
 int run_extract_unnamed(const ExtractArgs& a) {
-  const Loaded l = load_checkpoint(a.file, a.objects);
+  const Loaded l = load_checkpoint(a.file, a.read);
 
   if (a.all_dir.empty()) {
     const Tensor* found = nullptr;
@@ -315,7 +315,7 @@ void register_extract(CLI::App& app, int* exit_code) {
   cmd->add_option("--all", args->all_dir, "Write every tensor into this directory (names in DIR/index.json)");
   cmd->add_option("--filter", args->filter, "With --all: only tensors whose path matches this regular expression");
   cmd->add_option("--as", args->as, "Convert to this dtype first (e.g. float32 for bfloat16 and float8 tensors)");
-  add_objects_flag(cmd, args->objects);
+  add_read_flags(cmd, args->read);
   cmd->callback([args, exit_code] { *exit_code = run_extract(*args); });
 }
 

@@ -17,6 +17,7 @@ namespace {
 struct InfoArgs {
   std::vector<std::string> files;
   bool json = false;
+  bool numpy = false;
 };
 
 // Small records of a torch zip archive that say which writer made it:
@@ -78,6 +79,7 @@ int run_info_file(const InfoArgs& a, const std::string& path, nlohmann::ordered_
   LoadOptions opts;
   opts.mmap = true;
   opts.weights_only = true;
+  opts.numpy = a.numpy;
   std::string unsafe_reason;
   Format format = Format::unknown;
   Value root;
@@ -195,6 +197,7 @@ void register_info(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand("info", "Format, size, dtypes, top-level keys and safety of a checkpoint");
   cmd->add_option("FILE", args->files, "Checkpoint files")->required();
   cmd->add_flag("--json", args->json, "Machine-readable output");
+  add_numpy_flag(cmd, args->numpy);
   cmd->callback([args, exit_code] { *exit_code = run_info(*args); });
 }
 

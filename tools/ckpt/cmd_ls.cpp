@@ -17,7 +17,7 @@ struct LsArgs {
   std::vector<std::string> files;
   bool json = false;
   bool digest = false;
-  bool objects = false;
+  ReadFlags read;
   bool tree = false;
   std::string filter;
 };
@@ -53,7 +53,7 @@ void print_tree(const std::vector<TensorRef>& tensors) {
 // a "file" key) instead of printing it, and the table gets a "FILE:" heading.
 int run_ls_file(const LsArgs& a, const std::string& path, nlohmann::ordered_json* json_out) {
   const bool several = a.files.size() > 1;
-  const Loaded loaded = load_checkpoint(path, a.objects);
+  const Loaded loaded = load_checkpoint(path, a.read);
   const Format format = loaded.format;
   const Value& root = loaded.root;
 
@@ -87,6 +87,19 @@ int run_ls_file(const LsArgs& a, const std::string& path, nlohmann::ordered_json
       t["shape"] = r.tensor->sizes();
       t["device"] = r.tensor->device();
       if (a.digest) t["sha256"] = tensor_sha256(*r.tensor);
+      if (const Quantization* q = r.tensor->quantization()) {
+        auto& j = t["quantization"] = {{"scheme", q->scheme}};
+        if (q->per_channel()) {
+          j["axis"] = q->axis;
+          if (a.digest) {
+            j["scales_sha256"] = tensor_sha256(q->scales);
+            j["zero_points_sha256"] = tensor_sha256(q->zero_points);
+          }
+        } else {
+          j["scale"] = q->scale;
+          j["zero_point"] = q->zero_point;
+        }
+      }
       list.push_back(std::move(t));
     }
     if (json_out) *json_out = std::move(out);
@@ -150,7 +163,7 @@ void register_ls(CLI::App& app, int* exit_code) {
   cmd->add_flag("--digest", args->digest, "Add the sha256 of each tensor's row-major bytes");
   cmd->add_flag("--tree", args->tree, "Show the tensors as a tree of their path components");
   cmd->add_option("--filter", args->filter, "Only tensors whose path matches this regular expression");
-  add_objects_flag(cmd, args->objects);
+  add_read_flags(cmd, args->read);
   cmd->callback([args, exit_code] { *exit_code = run_ls(*args); });
 }
 

@@ -20,7 +20,7 @@ struct StatsArgs {
   std::vector<std::string> files;
   std::string filter;
   bool json = false;
-  bool objects = false;
+  ReadFlags read;
 };
 
 // Statistics over the finite elements (complex: over |z|), with Welford's
@@ -91,7 +91,7 @@ int run_stats_file(const StatsArgs& a, const std::string& path, nlohmann::ordere
       throw Error("--filter: invalid regular expression '" + a.filter + "': " + e.what());
     }
   }
-  const Loaded l = load_checkpoint(path, a.objects);
+  const Loaded l = load_checkpoint(path, a.read);
   std::vector<TensorRef> tensors;
   uint64_t total = 0;
   for_each_tensor(l.root, [&](const std::string& p, const Tensor& t) {
@@ -203,7 +203,7 @@ void register_stats(CLI::App& app, int* exit_code) {
   cmd->add_option("FILE", args->files, "Checkpoint files")->required();
   cmd->add_option("--filter", args->filter, "Only tensors whose path matches this regular expression");
   cmd->add_flag("--json", args->json, "Machine-readable output");
-  add_objects_flag(cmd, args->objects);
+  add_read_flags(cmd, args->read);
   cmd->callback([args, exit_code] { *exit_code = run_stats(*args); });
 }
 

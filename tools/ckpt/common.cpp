@@ -98,10 +98,11 @@ std::string format_number(double v) {
   return buf;
 }
 
-Loaded load_checkpoint(const std::string& path, bool objects) {
+Loaded load_checkpoint(const std::string& path, const ReadFlags& flags) {
   LoadOptions opts;
   opts.mmap = true;  // inspection needs no copy of the data
-  opts.weights_only = !objects;
+  opts.weights_only = !flags.objects;
+  opts.numpy = flags.numpy;
   Loaded out;
   // A directory stands for the checkpoint or the shard index it holds.
   std::error_code ec;
@@ -138,9 +139,14 @@ int for_each_file(const std::vector<std::string>& files, const std::function<int
   return worst;
 }
 
-void add_objects_flag(CLI::App* cmd, bool& objects) {
-  cmd->add_flag("--objects", objects,
+void add_read_flags(CLI::App* cmd, ReadFlags& flags) {
+  cmd->add_flag("--objects", flags.objects,
                 "Admit classes outside the weights-only allow-list as inert objects (nothing is executed)");
+  add_numpy_flag(cmd, flags.numpy);
+}
+
+void add_numpy_flag(CLI::App* cmd, bool& numpy) {
+  cmd->add_flag("--numpy", numpy, "Decode numpy arrays (as tensors) and scalars (as numbers); nothing is executed");
 }
 
 }  // namespace ckpt::cli

@@ -38,8 +38,14 @@ std::string thousands(uint64_t n);
 // JSON itself and does not use this.
 std::string printable(const std::string& text);
 
-// The --objects flag (weights_only = false), worded the same everywhere.
-void add_objects_flag(CLI::App* cmd, bool& objects);
+// How a command reads checkpoints: --objects (weights_only = false) and
+// --numpy (LoadOptions::numpy), worded the same everywhere.
+struct ReadFlags {
+  bool objects = false;
+  bool numpy = false;
+};
+void add_read_flags(CLI::App* cmd, ReadFlags& flags);
+void add_numpy_flag(CLI::App* cmd, bool& numpy);
 
 // "ckpt: error: ..." on stderr.
 void print_error(const std::string& message);
@@ -53,13 +59,13 @@ std::string paint(const std::string& text, const char* sgr, bool on);
 // A number for people: %.6g, "nan", "inf", "-inf".
 std::string format_number(double v);
 
-// A checkpoint loaded for inspection (mmap, weights-only unless `objects`).
+// A checkpoint loaded for inspection (mmap, weights-only unless --objects).
 struct Loaded {
   Value root;
   Format format = Format::unknown;
   uint64_t file_bytes = 0;
 };
-Loaded load_checkpoint(const std::string& path, bool objects);
+Loaded load_checkpoint(const std::string& path, const ReadFlags& flags);
 
 // Runs fn on each file in turn. An exception from one file is printed as
 // "ckpt: error: ..." and counts as exit 2; the others still run. Returns the
