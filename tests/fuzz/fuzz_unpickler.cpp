@@ -1,8 +1,9 @@
 // fuzz_unpickler: the pickle VM on raw bytes, under both global policies.
 //
 // Each input is decoded three ways: weights_only (with TorchScript's
-// accept_inert hook for __torch__.* classes), inspect, and inspect with a
-// `consumed` counter as the legacy reader calls it. A persistent_load shaped
+// accept_inert hook for __torch__.* classes, and numpy decoding), inspect, and
+// inspect with numpy decoding and a `consumed` counter as the legacy reader
+// calls it. A persistent_load shaped
 // like torch_zip's resolves ('storage', <storage class>, key, location, numel)
 // ids to storages (one per key, like an archive's records), so the tensor
 // rebuild functions run against real bytes; an observer sees every event.
@@ -64,7 +65,7 @@ class StorageTable {
   uint64_t total_ = 0;
 };
 
-void decode(std::span<const std::byte> bytes, pickle::GlobalPolicy policy, bool inert_torch, bool count) {
+void decode(std::span<const std::byte> bytes, pickle::GlobalPolicy policy, bool inert_torch, bool count, bool numpy) {
   fuzz::run_expecting_errors([&] {
     StorageTable storages;
     fuzz::CountingObserver observer;
@@ -74,6 +75,7 @@ void decode(std::span<const std::byte> bytes, pickle::GlobalPolicy policy, bool 
     o.observer = &observer;
     if (inert_torch)
       o.accept_inert = [](std::string_view module, std::string_view) { return module.starts_with("__torch__"); };
+    o.numpy = numpy;
     o.file = "<fuzz>";
     o.record = "data.pkl";
     size_t consumed = 0;
@@ -87,8 +89,8 @@ void decode(std::span<const std::byte> bytes, pickle::GlobalPolicy policy, bool 
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto bytes = fuzz::as_bytes(data, size);
-  decode(bytes, pickle::GlobalPolicy::weights_only, /*inert_torch=*/true, /*count=*/false);
-  decode(bytes, pickle::GlobalPolicy::inspect, false, false);
-  decode(bytes, pickle::GlobalPolicy::inspect, false, true);
+  decode(bytes, pickle::GlobalPolicy::weights_only, /*inert_torch=*/true, /*count=*/false, /*numpy=*/true);
+  decode(bytes, pickle::GlobalPolicy::inspect, false, false, false);
+  decode(bytes, pickle::GlobalPolicy::inspect, false, true, true);
   return 0;
 }
