@@ -305,7 +305,7 @@ def main():
     elif a.mpi_saved:
         expected = torch.load(os.path.join(a.mpi_saved, "..", "expected.pt"), weights_only=True)
         torch.save(expected, os.path.join(a.workdir, "expected.pt"))
-        check_torch_reads_sharded(a.mpi_saved, a.workdir, [k for k, v in expected.items() if v.dim() > 0])
+        check_torch_reads_sharded(a.mpi_saved, a.workdir, [k for k, v in expected.items() if isinstance(v, torch.Tensor) and v.dim() > 0])
     else:
         last = None
         for w in [int(x) for x in a.worlds.split(",")]:
