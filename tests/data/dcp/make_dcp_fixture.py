@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Writes tests/data/dcp/torch2_w2/ (torch.distributed.checkpoint, 2 gloo ranks on
+"""tests/data/dcp/ckpt_mpi3/ is what ckpt's MPI test writes with 3 ranks
+(`mpirun -np 3 build/tests/mpi/dcp_mpi_test save tests/data/dcp/ckpt_mpi3`): a
+fuzz seed of ckpt's own .metadata.
+
+Writes tests/data/dcp/torch2_w2/ (torch.distributed.checkpoint, 2 gloo ranks on
 loopback) and torch2_w2.pt (torch's own consolidation, format_utils.dcp_to_torch_save).
 
 Run with torch 2.x: ~/.cache/ckpt/venv/bin/python tests/data/dcp/make_dcp_fixture.py
