@@ -113,6 +113,12 @@ class DistributedReader {
   // torch.distributed.checkpoint.format_utils.dcp_to_torch_save makes it.
   Value consolidate() const;
 
+  // Reads every record: each must be an intact torch.save archive (structure
+  // and CRC32s) and a chunk must hold a tensor of the dtype and shape
+  // .metadata gives. Returns the number of records. Throws ckpt::Error naming
+  // the file, the item and the offset of the first damage (`ckpt verify DIR`).
+  size_t verify() const;
+
   // Record bytes read so far (for tests and benchmarks).
   uint64_t bytes_read() const noexcept;
 

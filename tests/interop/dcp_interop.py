@@ -248,6 +248,8 @@ def damaged(ckpt, work, good):
         for n in needles:
             check(n in p.stderr, f"{os.path.basename(d)}: error lacks {n!r}: {p.stderr.strip()}")
         check("Traceback" not in p.stderr and p.returncode == 2, f"{os.path.basename(d)}: {p.returncode}")
+        p = run(ckpt, "verify", d, expect=1)  # damage, not a usage error
+        check(needles[0] in p.stderr, f"{os.path.basename(d)}: ckpt verify: {p.stderr.strip()}")
 
     # 1. a data file cut short
     d = copy("bad_truncated")

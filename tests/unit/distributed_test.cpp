@@ -248,6 +248,23 @@ TEST(DistributedHostile, ChunkRecordOfAnotherShapeOrType) {
   EXPECT_NE(e.find("float32 tensor of shape [4, 3], .metadata says int32"), std::string::npos) << e;
 }
 
+TEST(DistributedHostile, VerifyFindsAFlippedDataByte) {
+  Crafted c;
+  DistributedReader good(c.dir);
+  EXPECT_EQ(good.verify(), 1u);
+  std::string data = slurp(c.dir + "/__0_0.distcp");
+  const Tensor t = pattern(DType::float32, {4, 3}, 1);
+  const size_t at = data.find(std::string(reinterpret_cast<const char*>(t.data()), t.nbytes()));
+  ASSERT_NE(at, std::string::npos);
+  data[at + 5] = static_cast<char>(data[at + 5] ^ 0x10);
+  write_file(c.dir + "/__0_0.distcp", data);
+  DistributedReader r(c.dir);
+  std::string e = error_of([&] { r.verify(); });
+  EXPECT_NE(e.find("CRC"), std::string::npos) << e;
+  EXPECT_NE(e.find("__0_0.distcp"), std::string::npos) << e;
+  EXPECT_NE(e.find("'w'"), std::string::npos) << e;
+}
+
 TEST(DistributedHostile, MetadataThatIsNotDcp) {
   TempDir tmp;
   pickle::TorchPickler p;
