@@ -612,7 +612,7 @@ GlobalPlan make_global_plan(const std::vector<std::vector<PlanItem>>& plans) {
       // DTensor ranks beyond torch.chunk's split).
       auto numel = [](const std::vector<int64_t>& d) {
         int64_t n = 1;
-        for (int64_t x : d) n *= x;
+        for (int64_t x : d) n = checked_mul(n, x, "tensor numel");
         return n;
       };
       if (p.tensor && numel(p.sizes) == 0 && numel(p.global_shape) != 0) continue;
