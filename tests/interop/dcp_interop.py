@@ -11,6 +11,7 @@ Checks:
      out.pt` equals torch's own consolidation (format_utils.dcp_to_torch_save) and
      the tensors the ranks started from, bit for bit; `ckpt ls --json --digest DIR`
      gives the digests of the full tensors; `ckpt convert DIR out.safetensors`.
+     Chunks saved as strided views (transposed, offset, permuted, empty) too.
   2. `ckpt convert model.pt DIR --to dcp` is read by dcp.load (no process group)
      bit-exactly, and by 2 gloo ranks loading DTensor shards (resharding in torch).
   3. Damaged directories: a truncated data file, chunks that do not tile, a data
@@ -134,7 +135,17 @@ def _load_worker(rank, world, path, port, result_dir, names):
 
 
 def spawn(fn, world, *args):
-    mp.spawn(fn, args=(world, *args), nprocs=world, join=True)
+    """Runs fn on `world` gloo processes. The rendezvous port is picked free just before,
+    so another job on the machine can take it in between: one retry on a fresh port."""
+    for attempt in (1, 2):
+        port = free_port()
+        try:
+            mp.spawn(fn, args=(world, *args[:1], port, *args[1:]), nprocs=world, join=True)
+            return
+        except mp.ProcessExitedException as e:
+            if attempt == 2:
+                raise
+            print(f"note: {world} gloo processes failed ({e}); retrying on another port", flush=True)
 
 
 def flat_tensors(tree, prefix=""):
@@ -154,7 +165,7 @@ def check_python_saved(ckpt, work, world):
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
     d = os.path.join(work, f"py_w{world}")
     shutil.rmtree(d, ignore_errors=True)
-    spawn(_save_worker, world, d, free_port())
+    spawn(_save_worker, world, d)
     ref_path = os.path.join(work, f"py_w{world}_torch.pt")
     dcp_to_torch_save(d, ref_path)
     ref = torch.load(ref_path, weights_only=False)
@@ -185,6 +196,21 @@ def check_python_saved(ckpt, work, world):
         check(same(tensors.get("row"), expected["row"]) and same(tensors.get("col"), expected["col"]),
               f"world {world}: convert to safetensors: {sorted(tensors)}")
     return d
+
+
+def check_views(ckpt, work):
+    """Chunks saved as strided views (transposed, offset, permuted, empty): one process."""
+    g = torch.Generator().manual_seed(3)
+    sd = {"t": torch.randn(3, 4, generator=g).T, "v": torch.arange(20)[5:9], "e": torch.zeros(0, 3),
+          "p": torch.randn(2, 3, 4, generator=g).permute(2, 0, 1)}
+    d = os.path.join(work, "py_views")
+    shutil.rmtree(d, ignore_errors=True)
+    dcp.save(sd, checkpoint_id=d)
+    out = os.path.join(work, "py_views.pt")
+    run(ckpt, "convert", d, out)
+    if os.path.exists(out):
+        got = torch.load(out, weights_only=True)
+        check(same(got, {k: v.contiguous() for k, v in sd.items()}), f"strided chunks: {list(got)}")
 
 
 def check_ckpt_saved(ckpt, work):
@@ -222,7 +248,7 @@ def check_torch_reads_sharded(d, work, names, world=2):
         p = os.path.join(work, f"ok{r}")
         if os.path.exists(p):
             os.remove(p)
-    spawn(_load_worker, world, d, free_port(), work, names)
+    spawn(_load_worker, world, d, work, names)
     for r in range(world):
         p = os.path.join(work, f"ok{r}")
         check(os.path.exists(p) and open(p).read() == "1", f"torch rank {r} of {world} loading {d}: shards differ")
@@ -302,7 +328,7 @@ def main():
     os.makedirs(a.workdir, exist_ok=True)
     if a.save_only:
         shutil.rmtree(a.save_only, ignore_errors=True)
-        spawn(_save_worker, int(a.worlds), a.save_only, free_port())
+        spawn(_save_worker, int(a.worlds), a.save_only)
         torch.save(full_state(), os.path.join(a.workdir, "expected.pt"))
     elif a.mpi_saved:
         expected = torch.load(os.path.join(a.mpi_saved, "..", "expected.pt"), weights_only=True)
@@ -312,6 +338,7 @@ def main():
         last = None
         for w in [int(x) for x in a.worlds.split(",")]:
             last = check_python_saved(a.ckpt, a.workdir, w)
+        check_views(a.ckpt, a.workdir)
         check_ckpt_saved(a.ckpt, a.workdir)
         if last:
             damaged(a.ckpt, a.workdir, last)
