@@ -14,6 +14,10 @@ shift 3
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
 MPIRUN=(mpirun --oversubscribe --bind-to none -np)
+# Sanitizer builds: Open MPI's own allocations (some in MCA plugins it has unloaded, so
+# no suppression can name them) are still held at exit; LeakSanitizer would fail every
+# rank. Leak checking of the same save/load code runs in the unit tests (threads as ranks).
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
 
