@@ -1,6 +1,7 @@
 // ckpt/ckpt.hpp — everything in one include.
 #pragma once
 
+#include "ckpt/distributed.hpp"
 #include "ckpt/dtype.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"

@@ -31,6 +31,7 @@ enum class Format {
   torch_tar,     // PyTorch 0.1.x tar files
   torchscript,   // torch.jit.save / LibTorch torch::save archives
   safetensors,
+  dcp,           // a torch.distributed.checkpoint directory (ckpt/distributed.hpp)
 };
 std::string_view format_name(Format f) noexcept;
 
@@ -78,7 +79,9 @@ struct LoadOptions {
   std::string key;
 };
 
-// The object tree of a checkpoint file or buffer.
+// The object tree of a checkpoint file or buffer. A directory holding a
+// torch.distributed.checkpoint (its `.metadata`) loads consolidated: every
+// tensor assembled from its chunks, nested as the saved state dict was.
 Value load(const std::string& path, const LoadOptions& options = {});
 Value load(std::span<const std::byte> bytes, const LoadOptions& options = {});
 

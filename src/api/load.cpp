@@ -5,6 +5,7 @@
 
 #include "api/open_internal.hpp"
 #include "api/sharded_internal.hpp"
+#include "ckpt/distributed.hpp"
 #include "ckpt/open.hpp"
 
 #include <algorithm>
@@ -25,6 +26,7 @@ std::string_view format_name(Format f) noexcept {
     case Format::torch_tar: return "torch_tar";
     case Format::torchscript: return "torchscript";
     case Format::safetensors: return "safetensors";
+    case Format::dcp: return "dcp";
     case Format::unknown: break;
   }
   return "unknown";
@@ -175,6 +177,7 @@ Value load_file_once(const std::shared_ptr<io::RandomAccessFile>& file, const Lo
         return formats::load_torch_tar(file, options, observer);
       case Format::safetensors:
         return formats::load_safetensors(file, options);
+      case Format::dcp:  // never detected from a single file's prefix
       case Format::unknown: break;
     }
     std::byte head[8];
@@ -199,10 +202,24 @@ Format detect_format(std::span<const std::byte> bytes) { return detail::detect(i
 
 namespace detail {
 
+std::string distributed_checkpoint_dir(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return is_distributed_checkpoint(path) ? path : "";
+  // The `.metadata` file itself (a pickle, which detect() does not know).
+  const std::filesystem::path p(path);
+  if (p.filename() != ".metadata" || !std::filesystem::is_regular_file(p, ec)) return "";
+  std::string dir = p.parent_path().empty() ? "." : p.parent_path().string();
+  return is_distributed_checkpoint(dir) ? dir : "";
+}
+
 Value load_path(const std::string& path, const LoadOptions& options, Format* format_out,
                 pickle::Observer* observer) {
   std::error_code ec;
   std::string target = path;
+  if (std::string dcp_dir = distributed_checkpoint_dir(path); !dcp_dir.empty()) {
+    if (format_out) *format_out = Format::dcp;
+    return DistributedReader(dcp_dir, options).consolidate();
+  }
   if (std::filesystem::is_directory(path, ec)) target = find_checkpoint_in_dir(path);
   if (is_shard_index(target)) {
     OpenOptions oo;

@@ -15,9 +15,13 @@ std::shared_ptr<io::RandomAccessFile> open_for_load(const std::string& path, boo
 // Loads any supported format; reports the detected format and pickle events.
 Value load_file(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,
                 Format* format_out, pickle::Observer* observer);
+// The directory of a torch.distributed.checkpoint when `path` is one (or is
+// its `.metadata` file), decided from the `.metadata` bytes; "" otherwise.
+std::string distributed_checkpoint_dir(const std::string& path);
 // load_file for a path, which may also be a Hugging Face shard index or a
 // directory holding one checkpoint or one index (the set loads as one state
-// dict, copied unless options.mmap).
+// dict, copied unless options.mmap), or a torch.distributed.checkpoint
+// directory (consolidated).
 Value load_path(const std::string& path, const LoadOptions& options, Format* format_out,
                 pickle::Observer* observer);
 

@@ -21,7 +21,7 @@ enum Op : char {
   MARK = '(', STOP = '.', NONE = 'N', BININT = 'J', BININT1 = 'K', BININT2 = 'M', BINFLOAT = 'G',
   BINUNICODE = 'X', EMPTY_LIST = ']', APPEND = 'a', APPENDS = 'e', EMPTY_TUPLE = ')', TUPLE = 't',
   EMPTY_DICT = '}', SETITEM = 's', SETITEMS = 'u', BINGET = 'h', LONG_BINGET = 'j', BINPUT = 'q',
-  LONG_BINPUT = 'r', GLOBAL = 'c', REDUCE = 'R', BUILD = 'b', BINPERSID = 'Q',
+  LONG_BINPUT = 'r', GLOBAL = 'c', REDUCE = 'R', BUILD = 'b', BINPERSID = 'Q', NEWOBJ = '\x81',
   PROTO = '\x80', TUPLE1 = '\x85', TUPLE2 = '\x86', TUPLE3 = '\x87', NEWTRUE = '\x88',
   NEWFALSE = '\x89', LONG1 = '\x8a', LONG4 = '\x8b',
 };
@@ -71,8 +71,9 @@ struct TorchPickler::Impl {
   std::unordered_map<std::string, uint32_t> memo_global;  // "module\nname"
   std::unordered_map<const void*, size_t> storage_index;  // Storage::id() -> storages index
   std::vector<uint32_t> key_memo;                          // storages index -> memo of its key
+  bool write_objects = false;
 
-  explicit Impl(std::vector<StorageRecord>& s) : storages(s) {}
+  Impl(std::vector<StorageRecord>& s, bool objects) : storages(s), write_objects(objects) {}
 
   // ---- raw output
   void op(char c) { out.push_back(c); }
@@ -414,6 +415,29 @@ struct TorchPickler::Impl {
     reduce();
   }
 
+  // An inert Object as the call that made it: cls, args, NEWOBJ (or
+  // REDUCE), items, BUILD(state).
+  void save_object(const Value& v, size_t depth) {
+    if (memoized(v)) return;
+    const Object& o = v.as_object();
+    save_global(o.module, o.name);
+    if (o.args.is_tuple()) save(o.args, depth + 1);
+    else op(EMPTY_TUPLE);
+    op(o.how == "NEWOBJ" ? NEWOBJ : REDUCE);
+    remember(v);
+    put_memo();
+    if (!o.list_items.empty()) save_list_items(o.list_items, depth);
+    for (const auto& [k, x] : o.dict_items) {
+      save(k, depth + 1);
+      save(x, depth + 1);
+      op(SETITEM);
+    }
+    if (!o.state.is_none()) {
+      save(o.state, depth + 1);
+      op(BUILD);
+    }
+  }
+
   // ---- dispatch
   void save(const Value& v, size_t depth) {
     if (depth > kMaxDepth && v.container_id() != nullptr)
@@ -509,6 +533,7 @@ struct TorchPickler::Impl {
         return reduce();
       }
       case Value::Kind::Global:
+        if (write_objects) return save_global(v.as_global().module, v.as_global().name);
         throw Error("cannot save inert global '" + v.as_global().qualified() +
                     "': ckpt writes only what torch.load(weights_only=True) reads");
       case Value::Kind::Object:
@@ -524,6 +549,7 @@ struct TorchPickler::Impl {
           reduce();
           return;
         }
+        if (write_objects) return save_object(v, depth);
         throw Error("cannot save inert object '" + v.as_object().qualified() +
                     "': ckpt writes only what torch.load(weights_only=True) reads");
     }
@@ -532,7 +558,7 @@ struct TorchPickler::Impl {
 
 std::string TorchPickler::dump(const Value& value) {
   storages_.clear();
-  Impl impl(storages_);
+  Impl impl(storages_, write_objects_);
   impl.op(PROTO);
   impl.u8(2);
   impl.save(value, 1);  // depth: containers from the root to here, both included

@@ -33,8 +33,15 @@ struct StorageRecord {
 
 class TorchPickler {
  public:
+  TorchPickler() = default;
+  // With `write_objects`, inert Globals are written as GLOBAL and Objects as
+  // the calls that made them (class, args, NEWOBJ or REDUCE, then SETITEMS /
+  // APPENDS and BUILD with their state): a plain pickle.load rebuilds them.
+  // Used for pickles that are not torch.load'ed (the DCP `.metadata`).
+  explicit TorchPickler(bool write_objects) : write_objects_(write_objects) {}
+
   // Pickles `value`. Throws ckpt::Error for values torch.load cannot read
-  // back: inert objects and globals, storages viewed as two element types,
+  // back: inert objects and globals (unless write_objects), storages viewed as two element types,
   // quantized tensors, invalid UTF-8 strings, containers nested deeper than
   // kMaxDepth.
   std::string dump(const Value& value);
@@ -49,6 +56,7 @@ class TorchPickler {
  private:
   struct Impl;
   std::vector<StorageRecord> storages_;
+  bool write_objects_ = false;
 };
 
 }  // namespace ckpt::pickle

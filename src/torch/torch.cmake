@@ -44,7 +44,8 @@ foreach(_t IN LISTS _ckpt_imported_after)
 endforeach()
 message(STATUS "ckpt: LibTorch ${Torch_VERSION} found (${TORCH_INSTALL_PREFIX}); building ckpt::torch")
 
-add_library(ckpt_torch ${CMAKE_CURRENT_LIST_DIR}/module.cpp ${CMAKE_CURRENT_LIST_DIR}/optim.cpp)
+add_library(ckpt_torch ${CMAKE_CURRENT_LIST_DIR}/module.cpp ${CMAKE_CURRENT_LIST_DIR}/optim.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/comm.cpp)
 add_library(ckpt::torch ALIAS ckpt_torch)
 target_link_libraries(ckpt_torch PUBLIC ckpt ${TORCH_LIBRARIES})
 target_compile_features(ckpt_torch PUBLIC cxx_std_20)  # its headers (and ckpt's) need C++20

@@ -43,6 +43,10 @@ CASES = [
     ("ls_legacy_tar", ["ls", f"{V}/torch113/old_tar.pt"]),
     # ---- info
     ("info_checkpoint", ["info", f"{V}/torch2/checkpoint.pt"]),
+    # a torch.distributed.checkpoint directory torch 2.x wrote with 2 ranks (consolidated)
+    ("ls_dcp", ["ls", "tests/data/dcp/torch2_w2"]),
+    ("info_dcp", ["info", "tests/data/dcp/torch2_w2"]),
+    ("verify_dcp", ["verify", "tests/data/dcp/torch2_w2", "tests/data/dcp/ckpt_mpi3"]),
     ("info_checkpoint_json", ["info", "--json", f"{V}/torch2/checkpoint.pt"]),
     ("info_torch113", ["info", f"{V}/torch113/checkpoint_legacy.pt"]),
     ("info_safetensors", ["info", f"{V}/safetensors/metadata_many.safetensors"]),

@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Builds the seed corpus of every fuzz target from the test fixtures.
 
-    python3 tests/fuzz/make_seeds.py --fixtures tests/data/valid --out DIR
+    python3 tests/fuzz/make_seeds.py --fixtures tests/data/valid [--dcp tests/data/dcp] --out DIR
 
 writes DIR/<target>/<name> for the targets unpickler, zip, torch_zip, legacy,
-torchscript and safetensors:
+torchscript, safetensors and dcp_metadata:
   - every fixture goes to the targets of its format (detected from its bytes,
     as ckpt does): torch zip archives to zip and torch_zip, TorchScript
     archives to zip, torchscript and torch_zip, legacy and tar files to legacy
     and torch_zip, safetensors files to safetensors and torch_zip;
   - every pickle inside them goes to unpickler: the *.pkl records of the zip
-    archives and each of the pickles a legacy file concatenates.
+    archives and each of the pickles a legacy file concatenates;
+  - every `.metadata` of a torch.distributed.checkpoint directory under --dcp
+    goes to dcp_metadata and unpickler.
 Uses only the standard library (no torch). Output names are derived from
 the fixture paths, so the corpus is the same on every run.
 """
@@ -22,7 +24,7 @@ import shutil
 import tarfile
 import zipfile
 
-TARGETS = ["unpickler", "zip", "torch_zip", "legacy", "torchscript", "safetensors"]
+TARGETS = ["unpickler", "zip", "torch_zip", "legacy", "torchscript", "safetensors", "dcp_metadata"]
 LEGACY_MAGIC = bytes([0x80, 0x02, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19])
 
 
@@ -66,6 +68,7 @@ def split_pickles(data):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fixtures", required=True)
+    ap.add_argument("--dcp", default="", help="a folder of torch.distributed.checkpoint directories")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -110,6 +113,14 @@ def main():
             for n, p in pickles:
                 put("unpickler", base + "." + n.replace("/", "_"), p)
                 counts["unpickler"] += 1
+    for root, _dirs, files in sorted(os.walk(args.dcp)) if args.dcp else []:
+        if ".metadata" in files:
+            with open(os.path.join(root, ".metadata"), "rb") as f:
+                data = f.read()
+            base = os.path.relpath(root, args.dcp).replace(os.sep, "_") + ".metadata"
+            for t in ("dcp_metadata", "unpickler"):
+                put(t, base, data)
+                counts[t] += 1
     print("seeds: " + ", ".join(f"{t} {counts[t]}" for t in TARGETS))
 
 

@@ -11,6 +11,7 @@
 #include "api/save_internal.hpp"
 #include "io/file.hpp"
 #include "progress.hpp"
+#include "ckpt/distributed.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
 #include "ckpt/open.hpp"
@@ -186,8 +187,10 @@ int run_convert(const ConvertArgs& a) {
   const bool sharded_out = !a.max_shard_size.empty() || is_directory(a.out) || ends_with(a.out, "/");
   std::string to = a.to;
   if (to.empty()) to = ends_with(a.out, ".safetensors") || sharded_out ? "safetensors" : "torch";
-  if (to != "torch" && to != "safetensors")
-    throw Error("--to must be 'torch' or 'safetensors', not '" + to + "'");
+  if (to != "torch" && to != "safetensors" && to != "dcp")
+    throw Error("--to must be 'torch', 'safetensors' or 'dcp', not '" + to + "'");
+  if (to == "dcp" && !a.max_shard_size.empty())
+    throw Error("--max-shard-size does not apply to --to dcp (one data file per rank)");
   std::optional<DType> dtype;
   if (!a.dtype.empty()) {
     dtype = dtype_from_name(a.dtype);
@@ -224,7 +227,11 @@ int run_convert(const ConvertArgs& a) {
   Progress bar("convert", flat ? sd.nbytes() : tensor_bytes(root), Progress::Unit::bytes);
   ProgressEnv env(bar);
   std::string what;
-  if (sharded_out) {
+  if (to == "dcp") {
+    // A torch.distributed.checkpoint directory, as one rank saves it.
+    save_distributed(a.out, flat ? like(root, sd) : root);
+    what = a.out + " (" + std::string(".metadata + __0_0.distcp") + ")";
+  } else if (sharded_out) {
     ShardOptions so;
     so.format = to == "torch" ? ShardFormat::torch : ShardFormat::safetensors;
     so.metadata = metadata;
@@ -264,14 +271,15 @@ int run_convert(const ConvertArgs& a) {
 void register_convert(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<ConvertArgs>();
   CLI::App* cmd = app.add_subcommand(
-      "convert", "Re-save a checkpoint as a torch zip file, safetensors, or a sharded set");
-  cmd->add_option("IN", args->in, "Input: a checkpoint in any format ckpt reads, a shard index, or a directory")
+      "convert", "Re-save a checkpoint as a torch zip file, safetensors, a sharded set, or a distributed checkpoint");
+  cmd->add_option("IN", args->in, "Input: a checkpoint in any format ckpt reads, a shard index, a distributed checkpoint, or a directory")
       ->required();
   cmd->add_option("OUT", args->out,
-                  "Output file (written atomically), or a directory for a sharded set (with --max-shard-size)")
+                  "Output file (written atomically), or a directory for a sharded set (with --max-shard-size) or --to dcp")
       ->required();
   cmd->add_option("--to", args->to,
-                  "Output format: torch or safetensors (default: safetensors for *.safetensors and directories)");
+                  "Output format: torch, safetensors, or dcp (a torch.distributed.checkpoint directory) (default: safetensors for "
+                  "*.safetensors and directories)");
   cmd->add_option("--key", args->key, "Convert only this '/'-separated path inside the checkpoint (e.g. model)");
   cmd->add_option("--rename", args->rename,
                   "REGEX=REPLACEMENT applied to every tensor name (repeatable; e.g. '^module\\.=' strips DDP prefixes)");

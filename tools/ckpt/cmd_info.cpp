@@ -1,4 +1,5 @@
 // ckpt info FILE [--json] — what a checkpoint is and holds.
+#include <filesystem>
 #include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -75,7 +76,18 @@ std::string type_summary(const Value& v) {
 }
 
 int run_info_file(const InfoArgs& a, const std::string& path, nlohmann::ordered_json* json_out) {
-  auto file = detail::open_for_load(path, true);
+  // A torch.distributed.checkpoint directory loads consolidated; its bytes are its files'.
+  const std::string dcp_dir = detail::distributed_checkpoint_dir(path);
+  std::shared_ptr<io::RandomAccessFile> file;
+  uint64_t file_bytes = 0;
+  if (dcp_dir.empty()) {
+    file = detail::open_for_load(path, true);
+    file_bytes = file->size();
+  } else {
+    std::error_code ec;
+    for (const auto& f : std::filesystem::directory_iterator(dcp_dir, ec))
+      if (f.is_regular_file(ec)) file_bytes += f.file_size(ec);
+  }
   LoadOptions opts;
   opts.mmap = true;
   opts.weights_only = true;
@@ -83,12 +95,15 @@ int run_info_file(const InfoArgs& a, const std::string& path, nlohmann::ordered_
   std::string unsafe_reason;
   Format format = Format::unknown;
   Value root;
+  auto load_root = [&] {
+    return file ? detail::load_file(file, opts, &format, nullptr) : detail::load_path(dcp_dir, opts, &format, nullptr);
+  };
   try {
-    root = detail::load_file(file, opts, &format, nullptr);
+    root = load_root();
   } catch (const UnsafeError& e) {
     unsafe_reason = e.message();
     opts.weights_only = false;  // inspect: unknown classes become inert objects
-    root = detail::load_file(file, opts, &format, nullptr);
+    root = load_root();
   }
 
   uint64_t count = 0, total = 0;
@@ -112,7 +127,7 @@ int run_info_file(const InfoArgs& a, const std::string& path, nlohmann::ordered_
   if (!records.empty()) out["records"] = records;
   if (const std::string w = writer_guess(format, records); !w.empty()) out["writer"] = w;
   if (format == Format::safetensors) out["safetensors_metadata"] = safetensors_metadata(path);
-  out["file_bytes"] = file->size();
+  out["file_bytes"] = file_bytes;
   out["tensors"] = count;
   out["tensor_bytes"] = total;
   out["storages"] = storages.size();
@@ -140,7 +155,7 @@ int run_info_file(const InfoArgs& a, const std::string& path, nlohmann::ordered_
     *json_out = std::move(out);
     return kExitOk;
   }
-  std::printf("file:        %s (%s bytes)\n", path.c_str(), thousands(file->size()).c_str());
+  std::printf("file:        %s (%s bytes)\n", path.c_str(), thousands(file_bytes).c_str());
   std::printf("format:      %s\n", std::string(format_name(format)).c_str());
   if (out.contains("writer")) std::printf("writer:      %s\n", out["writer"].get<std::string>().c_str());
   if (!records.empty()) {

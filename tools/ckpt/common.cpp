@@ -104,8 +104,14 @@ Loaded load_checkpoint(const std::string& path, const ReadFlags& flags) {
   opts.weights_only = !flags.objects;
   opts.numpy = flags.numpy;
   Loaded out;
-  // A directory stands for the checkpoint or the shard index it holds.
   std::error_code ec;
+  if (const std::string dir = detail::distributed_checkpoint_dir(path); !dir.empty()) {
+    out.root = detail::load_path(dir, opts, &out.format, nullptr);
+    for (const auto& f : std::filesystem::directory_iterator(dir, ec))
+      if (f.is_regular_file(ec)) out.file_bytes += f.file_size(ec);
+    return out;
+  }
+  // A directory stands for the checkpoint or the shard index it holds.
   const std::string target =
       std::filesystem::is_directory(path, ec) ? detail::find_checkpoint_in_dir(path) : path;
   if (detail::is_shard_index(target)) {  // a Hugging Face sharded set: one state dict
