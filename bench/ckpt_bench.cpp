@@ -1,0 +1,262 @@
+// ckpt_bench — one measurement of ckpt (or of a hardware limit) per process,
+// driven by bench/run (bench/driver.py), which reads the JSON line it prints
+// and takes the peak RSS of the process from wait4().
+//
+//   ckpt_bench OP REPS [--cold] ARGS...
+//
+// ckpt operations (public API only):
+//   open FILE             ckpt::open + every tensor's info (no tensor byte read)
+//   load FILE             ckpt::load_state_dict: owned copies of every tensor
+//   mmap FILE             ckpt::load_state_dict(mmap = true), then every byte read
+//   save FILE OUT [nofsync]        load FILE, then save_state_dict(OUT) per rep
+//   save_st FILE OUT      load FILE, then save_safetensors(OUT) per rep (always fsyncs)
+// limits:
+//   read FILE             read() of the whole file into one buffer, 8 MiB per call
+//   memcpy MIB            memcpy of MIB MiB between two faulted-in buffers
+//   write OUT MIB [fsync] sequential write() of MIB MiB in 8 MiB blocks (+ fsync)
+//   crc32 MIB             CRC-32 of MIB MiB with ISA-L (the library ckpt uses) and libdeflate
+//
+// --cold: posix_fadvise(DONTNEED) on FILE before every rep (the page cache
+// loses the file's pages when nothing else maps them; /proc/sys/vm/drop_caches
+// needs privileges this does not).
+//
+// Output, one line of JSON: {"times": [s, ...], "bytes": N, "tensors": N,
+// "check": N, "rss_anon_kb": N, "rss_file_kb": N, "rss_before_kb": N}; rss_* are
+// read from /proc/self/status while the last rep's result is still alive.
+// Errors go to stderr with exit status 1.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <isa-l/crc.h>
+#include <libdeflate.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ckpt/ckpt.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Result {
+  std::vector<double> times;
+  uint64_t bytes = 0;
+  uint64_t tensors = 0;
+  uint64_t check = 0;
+  long rss_anon_kb = 0, rss_file_kb = 0, rss_before_kb = 0;
+};
+
+long status_kb(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const size_t n = std::strlen(field);
+  while (std::getline(in, line))
+    if (line.compare(0, n, field) == 0 && line.size() > n && line[n] == ':') return std::atol(line.c_str() + n + 1);
+  return -1;
+}
+
+void evict(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw std::runtime_error("cannot open " + path);
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+}
+
+// Reads every byte (sum of 64-bit words, then the tail), so that lazily
+// mapped pages are faulted in and the compiler cannot skip the reads.
+uint64_t touch(const std::byte* p, size_t n) {
+  uint64_t s = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    s += w;
+  }
+  for (; i < n; ++i) s += static_cast<uint64_t>(p[i]);
+  return s;
+}
+
+uint64_t touch_all(const ckpt::StateDict& sd) {
+  uint64_t s = 0;
+  for (const auto& [name, t] : sd) s += touch(t.data(), t.nbytes());
+  return s;
+}
+
+uint64_t file_size(const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) throw std::runtime_error("cannot stat " + path);
+  return static_cast<uint64_t>(st.st_size);
+}
+
+// Runs `body` REPS times, timing each; `body(last)` keeps its result alive
+// until the RSS snapshot when `last` is true (it calls `snapshot`).
+void repeat(Result& r, int reps, const std::function<void()>& before, const std::function<void(bool)>& body) {
+  r.rss_before_kb = status_kb("VmRSS");
+  for (int i = 0; i < reps; ++i) {
+    if (before) before();
+    auto t0 = Clock::now();
+    body(i + 1 == reps);
+    r.times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+}
+
+void snapshot(Result& r) {
+  r.rss_anon_kb = status_kb("RssAnon");
+  r.rss_file_kb = status_kb("RssFile");
+}
+
+std::vector<std::byte> faulted(size_t n, int v) {
+  std::vector<std::byte> b(n);
+  std::memset(b.data(), v, n);
+  return b;
+}
+
+void write_file(const std::string& out, const std::vector<std::byte>& buf, uint64_t total, bool sync) {
+  int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw std::runtime_error("cannot create " + out);
+  for (uint64_t done = 0; done < total;) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), total - done));
+    ssize_t w = ::write(fd, buf.data(), n);
+    if (w <= 0) throw std::runtime_error("write failed on " + out);
+    done += static_cast<uint64_t>(w);
+  }
+  if (sync && ::fsync(fd) != 0) throw std::runtime_error("fsync failed on " + out);
+  ::close(fd);
+}
+
+int run(int argc, char** argv) {
+  if (argc < 4) {
+    std::fprintf(stderr, "usage: ckpt_bench OP REPS [--cold] ARGS...\n");
+    return 2;
+  }
+  const std::string op = argv[1];
+  const int reps = std::atoi(argv[2]);
+  int a = 3;
+  bool cold = false;
+  if (std::string(argv[a]) == "--cold") {
+    cold = true;
+    ++a;
+  }
+  std::vector<std::string> args(argv + a, argv + argc);
+  auto arg = [&](size_t i) -> const std::string& {
+    if (i >= args.size()) throw std::runtime_error(op + ": missing argument " + std::to_string(i + 1));
+    return args[i];
+  };
+  auto flag = [&](size_t i, const char* name) { return args.size() > i && args[i] == name; };
+  std::function<void()> before;
+  if (cold) before = [&] { evict(arg(0)); };
+  const uint64_t mib = 1 << 20;
+
+  Result r;
+  if (op == "open") {
+    repeat(r, reps, before, [&](bool last) {
+      ckpt::Reader rd = ckpt::open(arg(0));
+      uint64_t n = 0;
+      for (const auto& info : rd.tensors()) n += info.nbytes + info.shape.size();
+      r.tensors = rd.size();
+      r.bytes = rd.nbytes();
+      r.check = n;
+      if (last) snapshot(r);
+    });
+  } else if (op == "load" || op == "mmap") {
+    ckpt::LoadOptions o;
+    o.mmap = op == "mmap";
+    repeat(r, reps, before, [&](bool last) {
+      ckpt::StateDict sd = ckpt::load_state_dict(arg(0), o);
+      r.check = o.mmap ? touch_all(sd) : sd.size();
+      r.tensors = sd.size();
+      r.bytes = sd.nbytes();
+      if (last) snapshot(r);
+    });
+  } else if (op == "save" || op == "save_st") {
+    const ckpt::StateDict sd = ckpt::load_state_dict(arg(0));
+    ckpt::SaveOptions o;
+    o.fsync = !flag(2, "nofsync");
+    r.tensors = sd.size();
+    r.bytes = sd.nbytes();
+    repeat(r, reps, nullptr, [&](bool last) {
+      if (op == "save") ckpt::save_state_dict(arg(1), sd, o);
+      else ckpt::save_safetensors(arg(1), sd);
+      if (last) snapshot(r);
+    });
+    r.check = file_size(arg(1));
+  } else if (op == "read") {
+    const uint64_t size = file_size(arg(0));
+    std::vector<std::byte> buf(size);
+    repeat(r, reps, before, [&](bool last) {
+      int fd = ::open(arg(0).c_str(), O_RDONLY);
+      if (fd < 0) throw std::runtime_error("cannot open " + arg(0));
+      uint64_t done = 0;
+      while (done < size) {
+        ssize_t n = ::read(fd, buf.data() + done, std::min<uint64_t>(8 * mib, size - done));
+        if (n <= 0) throw std::runtime_error("read failed on " + arg(0));
+        done += static_cast<uint64_t>(n);
+      }
+      ::close(fd);
+      r.check = static_cast<uint64_t>(buf[size / 2]);
+      if (last) snapshot(r);
+    });
+    r.bytes = size;
+  } else if (op == "memcpy") {
+    r.bytes = std::stoull(arg(0)) * mib;
+    auto src = faulted(r.bytes, 1), dst = faulted(r.bytes, 2);
+    repeat(r, reps, nullptr, [&](bool last) {
+      std::memcpy(dst.data(), src.data(), r.bytes);
+      r.check = static_cast<uint64_t>(dst[r.bytes / 2]);
+      if (last) snapshot(r);
+    });
+  } else if (op == "write") {
+    r.bytes = std::stoull(arg(1)) * mib;
+    auto buf = faulted(8 * mib, 3);
+    const bool sync = flag(2, "fsync");
+    repeat(r, reps, nullptr, [&](bool last) {
+      write_file(arg(0), buf, r.bytes, sync);
+      if (last) snapshot(r);
+    });
+    r.check = file_size(arg(0));
+  } else if (op == "crc32_isal" || op == "crc32_libdeflate") {
+    r.bytes = std::stoull(arg(0)) * mib;
+    auto buf = faulted(r.bytes, 5);
+    for (size_t i = 0; i < buf.size(); i += 4093) buf[i] = static_cast<std::byte>(i);
+    const auto* p = reinterpret_cast<const unsigned char*>(buf.data());
+    repeat(r, reps, nullptr, [&](bool last) {
+      r.check = op == "crc32_isal" ? crc32_gzip_refl(0, p, r.bytes)
+                                   : libdeflate_crc32(0, p, r.bytes);
+      if (last) snapshot(r);
+    });
+  } else {
+    std::fprintf(stderr, "ckpt_bench: unknown operation '%s'\n", op.c_str());
+    return 2;
+  }
+
+  std::printf("{\"times\": [");
+  for (size_t i = 0; i < r.times.size(); ++i) std::printf("%s%.9f", i ? ", " : "", r.times[i]);
+  std::printf("], \"bytes\": %llu, \"tensors\": %llu, \"check\": %llu, \"rss_anon_kb\": %ld, "
+              "\"rss_file_kb\": %ld, \"rss_before_kb\": %ld}\n",
+              static_cast<unsigned long long>(r.bytes), static_cast<unsigned long long>(r.tensors),
+              static_cast<unsigned long long>(r.check), r.rss_anon_kb, r.rss_file_kb, r.rss_before_kb);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ckpt_bench %s: %s\n", argc > 1 ? argv[1] : "", e.what());
+    return 1;
+  }
+}
