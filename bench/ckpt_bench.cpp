@@ -11,7 +11,11 @@
 //   save FILE OUT [nofsync]        load FILE, then save_state_dict(OUT) per rep
 //   save_st FILE OUT      load FILE, then save_safetensors(OUT) per rep (always fsyncs)
 // limits:
-//   read FILE             read() of the whole file into one buffer, 8 MiB per call
+//   read FILE             read() of the whole file into one buffer, 8 MiB per call (the buffer
+//                         is allocated and faulted in once, before the reps)
+//   read_fresh FILE [huge]  the same into a buffer allocated (aligned_alloc) per rep, as a loader
+//                         that returns new memory must: page faults and the kernel's zeroing
+//                         included; huge: madvise(MADV_HUGEPAGE) on the buffer first
 //   memcpy MIB            memcpy of MIB MiB between two faulted-in buffers
 //   write OUT MIB [fsync] sequential write() of MIB MiB in 8 MiB blocks (+ fsync)
 //   crc32 MIB             CRC-32 of MIB MiB with ISA-L (the library ckpt uses) and libdeflate
@@ -25,6 +29,7 @@
 // read from /proc/self/status while the last rep's result is still alive.
 // Errors go to stderr with exit status 1.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -123,6 +128,17 @@ std::vector<std::byte> faulted(size_t n, int v) {
   return b;
 }
 
+void read_into(const std::string& path, std::byte* buf, uint64_t size) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw std::runtime_error("cannot open " + path);
+  for (uint64_t done = 0; done < size;) {
+    ssize_t n = ::read(fd, buf + done, std::min<uint64_t>(8 << 20, size - done));
+    if (n <= 0) throw std::runtime_error("read failed on " + path);
+    done += static_cast<uint64_t>(n);
+  }
+  ::close(fd);
+}
+
 void write_file(const std::string& out, const std::vector<std::byte>& buf, uint64_t total, bool sync) {
   int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw std::runtime_error("cannot create " + out);
@@ -196,16 +212,22 @@ int run(int argc, char** argv) {
     const uint64_t size = file_size(arg(0));
     std::vector<std::byte> buf(size);
     repeat(r, reps, before, [&](bool last) {
-      int fd = ::open(arg(0).c_str(), O_RDONLY);
-      if (fd < 0) throw std::runtime_error("cannot open " + arg(0));
-      uint64_t done = 0;
-      while (done < size) {
-        ssize_t n = ::read(fd, buf.data() + done, std::min<uint64_t>(8 * mib, size - done));
-        if (n <= 0) throw std::runtime_error("read failed on " + arg(0));
-        done += static_cast<uint64_t>(n);
-      }
-      ::close(fd);
+      read_into(arg(0), buf.data(), size);
       r.check = static_cast<uint64_t>(buf[size / 2]);
+      if (last) snapshot(r);
+    });
+    r.bytes = size;
+  } else if (op == "read_fresh") {
+    const uint64_t size = file_size(arg(0));
+    const bool huge = flag(1, "huge");
+    repeat(r, reps, before, [&](bool last) {
+      const size_t align = huge ? 2 * mib : 64;
+      std::unique_ptr<std::byte, decltype(&std::free)> buf(
+          static_cast<std::byte*>(std::aligned_alloc(align, (size + align - 1) / align * align)), &std::free);
+      if (!buf) throw std::bad_alloc();
+      if (huge) ::madvise(buf.get(), size, MADV_HUGEPAGE);
+      read_into(arg(0), buf.get(), size);
+      r.check = static_cast<uint64_t>(buf.get()[size / 2]);
       if (last) snapshot(r);
     });
     r.bytes = size;

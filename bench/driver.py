@@ -65,9 +65,23 @@ class Bench:
               + (f"  {res['gb_per_s']:.2f} GB/s" if "gb_per_s" in res else "")
               + (f"  peak RSS {rss / 1024:.0f} MiB" if rss else ""), flush=True)
 
-    def measure(self, rid, argv, meta, expect_fail=False):
+    def measure(self, rid, argv, meta, expect_fail=False, fresh=False):
+        """Runs argv (whose REPS is argv[2]) once; fresh: REPS processes of one rep each, so that
+        every rep is a first load in a new process (the allocator's memory not yet faulted in)."""
         warm(meta.get("file"))
-        rc, out, err, maxrss, _ = self.spawn(argv)
+        at = 3 if argv[0] == PY else 2  # where REPS is: ckpt_bench OP REPS, python peer.py OP REPS
+        if fresh and not self.quick and int(argv[at]) > 1:
+            runs = [self.spawn(argv[:at] + ["1"] + argv[at + 1:]) for _ in range(int(argv[at]))]
+            bad = [x for x in runs if x[0] != 0]
+            rc, out, err, maxrss, _ = bad[0] if bad else runs[-1]
+            if not bad:
+                res = [json.loads(x[1].strip().splitlines()[-1]) for x in runs]
+                out = json.dumps(dict(res[-1], times=[t for x in res for t in x["times"]],
+                                      times_fsync=[t for x in res for t in x.get("times_fsync", [])]))
+                maxrss = max(x[3] for x in runs)
+            meta = dict(meta, fresh_process_per_rep=True)
+        else:
+            rc, out, err, maxrss, _ = self.spawn(argv)
         if rc != 0:
             msg = (err.strip().splitlines() or ["exit status %d" % rc])[-1]
             if expect_fail:
@@ -81,7 +95,7 @@ class Bench:
         res = json.loads(out.strip().splitlines()[-1])
         res["peak_rss_kb"] = maxrss
         self.record(rid, meta, res)
-        if "times_fsync" in res:  # the peer's save, timed again up to its fsync
+        if res.get("times_fsync"):  # the peer's save, timed again up to its fsync
             self.record(rid + "+fsync", dict(meta, fsync=True),
                         dict(res, times=res["times_fsync"], peak_rss_kb=maxrss))
 
@@ -113,7 +127,7 @@ class Bench:
                 continue
             res = json.loads(line)
             self.record(rid, meta, res)
-            if "times_fsync" in res:
+            if res.get("times_fsync"):
                 self.record(rid + "+fsync", dict(meta, fsync=True), dict(res, times=res["times_fsync"]))
 
     def spawn_batch(self, items):
@@ -230,9 +244,12 @@ def run_all(b, sets, out_dir):
         m = dict(dataset=name, bytes=d["bytes"], tensors=d["tensors"])
         py = []  # (id, argv after "peer.py", meta)
 
+        # load and mmap: a new process for every rep (each a first load, as at a restart)
         def ck(rid, argv, scen, fmt, file, **kw):
+            fresh = kw.pop("fresh", scen in ("load", "mmap"))
             b.measure(f"{name}/{rid}", [cb, argv[0], str(kw.pop("reps", r))] + argv[1:],
-                      dict(m, scenario=scen, program=kw.pop("program", f"ckpt ({fmt})"), file=file, **kw))
+                      dict(m, scenario=scen, program=kw.pop("program", f"ckpt ({fmt})"), file=file, **kw),
+                      fresh=fresh)
 
         def pe(rid, op, nreps, args, scen, program, file, **kw):
             py.append((f"{name}/{rid}", [op, str(nreps)] + args,
@@ -249,7 +266,7 @@ def run_all(b, sets, out_dir):
         ck("load/ckpt.pt", ["load", pt], "load", "torch zip", pt)
         pe("load/torch.load", "torch_load", r, [pt], "load", "torch.load(weights_only=True)", pt)
         b.measure(f"{name}/load/libtorch.pickle_load", [b.peer_bin, "pickle_load", str(r), pt],
-                  dict(m, scenario="load", program="LibTorch torch::pickle_load", file=pt))
+                  dict(m, scenario="load", program="LibTorch torch::pickle_load", file=pt), fresh=True)
         if not big:
             b.measure(f"{name}/load/libtorch.jit_load", [b.peer_bin, "jit_load", "1", pt],
                       dict(m, scenario="load", program="LibTorch torch::jit::load", file=pt), expect_fail=True)
@@ -263,7 +280,11 @@ def run_all(b, sets, out_dir):
             ck("mmap/ckpt.st", ["mmap", st], "mmap", "safetensors", st)
             pe("mmap/safe_open", "st_lazy", r, [st], "mmap", "safetensors safe_open + get_tensor", st)
         # limits for this file
-        ck("limit/read", ["read", pt], "limit", "", pt, program="read() of the .pt (page cache)")
+        ck("limit/read", ["read", pt], "limit", "", pt, program="read() of the .pt (page cache), reused buffer")
+        ck("limit/read_fresh", ["read_fresh", pt], "limit", "", pt,
+           program="read() of the .pt into new memory (page faults)", fresh=True)
+        ck("limit/read_fresh_huge", ["read_fresh", pt, "huge"], "limit", "", pt,
+           program="read() of the .pt into new memory, MADV_HUGEPAGE", fresh=True)
         if not big:
             sz = str(max(1, d["pt_size"] // MiB))
             ck("limit/memcpy", ["memcpy", sz], "limit", "", None, program="memcpy (same size)")
@@ -291,7 +312,7 @@ def run_all(b, sets, out_dir):
             b.measure_batch(py)
         else:
             for rid, argv, meta in py:
-                b.measure(rid, peer + argv, meta)
+                b.measure(rid, peer + argv, meta, fresh=meta["scenario"] in ("load", "mmap"))
         # cold page cache: posix_fadvise(DONTNEED) before each rep
         if not quick and name == "llm":
             print("  -- cold page cache (posix_fadvise DONTNEED before each rep)", flush=True)
@@ -302,7 +323,8 @@ def run_all(b, sets, out_dir):
                 ("cold/load_file", peer + ["st_load", str(r), "--cold", st], "safetensors load_file", st),
                 ("cold/read", [cb, "read", str(r), "--cold", pt], "read() of the .pt", pt),
             ]:
-                b.measure(f"{name}/{rid}", argv, dict(m, scenario="load, cold cache", program=prog, file=None))
+                b.measure(f"{name}/{rid}", argv, dict(m, scenario="load, cold cache", program=prog, file=None),
+                          fresh=True)
         for f in os.listdir(scratch):
             os.unlink(os.path.join(scratch, f))
     # the CRC-32 implementations (ckpt uses ISA-L)
@@ -330,6 +352,8 @@ def comparisons(results):
         add("load/ckpt.st", "load/load_file", "speedup")
         add("load/ckpt.pt", "limit/read", "of limit", 0.8)
         add("load/ckpt.st", "limit/read", "of limit", 0.8)
+        add("load/ckpt.pt", "limit/read_fresh", "of limit")
+        add("load/ckpt.pt", "limit/read_fresh_huge", "of limit")
         add("mmap/ckpt.pt", "mmap/torch.load(mmap)", "speedup")
         add("mmap/ckpt.st", "mmap/safe_open", "speedup")
         add("save/ckpt.pt", "save/torch.save", "speedup", 2.0)
@@ -382,7 +406,13 @@ def markdown(b, mach, cmd, load, cmp, chk):
          "Page cache warm (each file read once before its measurement) unless the scenario says cold"
          + ("; cold = `posix_fadvise(POSIX_FADV_DONTNEED)` on the file before each repetition "
             "(`/proc/sys/vm/drop_caches` is " + ("writable" if mach["drop_caches"] else "not writable here")
-            + "; a VM host may still cache the file)" if any("cold" in k for k in res) else "") + ".",
+            + "; a VM host may still cache the file)" if any("cold" in k for k in res) else "") + ". "
+         + ("Quick mode: the repetitions of a program run in one process, and the Python peers of a "
+            "data set share one (no peak RSS for them)." if b.quick else
+            "Load and mmap rows: a new process for every repetition (each is a first load, as at a "
+            "restart, with the allocator's memory not yet faulted in); other rows: the repetitions in "
+            "one process. Peak RSS: ru_maxrss of the process (Python peers include the interpreter "
+            "and torch, ~300-400 MiB; the LibTorch peer its libraries)."),
          "", "| data | scenario | program | median | min – max | GB/s | peak RSS |",
          "|---|---|---|---:|---:|---:|---:|"]
     for rid in b.order:
