@@ -41,43 +41,19 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "ckpt/ckpt.hpp"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-struct Result {
-  std::vector<double> times;
-  uint64_t bytes = 0;
-  uint64_t tensors = 0;
-  uint64_t check = 0;
-  long rss_anon_kb = 0, rss_file_kb = 0, rss_before_kb = 0;
-};
-
-long status_kb(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const size_t n = std::strlen(field);
-  while (std::getline(in, line))
-    if (line.compare(0, n, field) == 0 && line.size() > n && line[n] == ':') return std::atol(line.c_str() + n + 1);
-  return -1;
-}
-
-void evict(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw std::runtime_error("cannot open " + path);
-  ::fdatasync(fd);
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  ::close(fd);
-}
+using bench::Result;
 
 // Reads every byte (sum of 64-bit words, then the tail), so that lazily
 // mapped pages are faulted in and the compiler cannot skip the reads.
@@ -108,18 +84,13 @@ uint64_t file_size(const std::string& path) {
 // Runs `body` REPS times, timing each; `body(last)` keeps its result alive
 // until the RSS snapshot when `last` is true (it calls `snapshot`).
 void repeat(Result& r, int reps, const std::function<void()>& before, const std::function<void(bool)>& body) {
-  r.rss_before_kb = status_kb("VmRSS");
+  r.rss_before_kb = bench::status_kb("VmRSS");
   for (int i = 0; i < reps; ++i) {
     if (before) before();
     auto t0 = Clock::now();
     body(i + 1 == reps);
     r.times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
-}
-
-void snapshot(Result& r) {
-  r.rss_anon_kb = status_kb("RssAnon");
-  r.rss_file_kb = status_kb("RssFile");
 }
 
 std::vector<std::byte> faulted(size_t n, int v) {
@@ -172,7 +143,7 @@ int run(int argc, char** argv) {
   };
   auto flag = [&](size_t i, const char* name) { return args.size() > i && args[i] == name; };
   std::function<void()> before;
-  if (cold) before = [&] { evict(arg(0)); };
+  if (cold) before = [&] { bench::evict(arg(0)); };
   const uint64_t mib = 1 << 20;
 
   Result r;
@@ -184,7 +155,7 @@ int run(int argc, char** argv) {
       r.tensors = rd.size();
       r.bytes = rd.nbytes();
       r.check = n;
-      if (last) snapshot(r);
+      if (last) r.snapshot();
     });
   } else if (op == "load" || op == "mmap") {
     ckpt::LoadOptions o;
@@ -194,7 +165,7 @@ int run(int argc, char** argv) {
       r.check = o.mmap ? touch_all(sd) : sd.size();
       r.tensors = sd.size();
       r.bytes = sd.nbytes();
-      if (last) snapshot(r);
+      if (last) r.snapshot();
     });
   } else if (op == "save" || op == "save_st") {
     const ckpt::StateDict sd = ckpt::load_state_dict(arg(0));
@@ -205,7 +176,7 @@ int run(int argc, char** argv) {
     repeat(r, reps, nullptr, [&](bool last) {
       if (op == "save") ckpt::save_state_dict(arg(1), sd, o);
       else ckpt::save_safetensors(arg(1), sd);
-      if (last) snapshot(r);
+      if (last) r.snapshot();
     });
     r.check = file_size(arg(1));
   } else if (op == "read") {
@@ -214,7 +185,7 @@ int run(int argc, char** argv) {
     repeat(r, reps, before, [&](bool last) {
       read_into(arg(0), buf.data(), size);
       r.check = static_cast<uint64_t>(buf[size / 2]);
-      if (last) snapshot(r);
+      if (last) r.snapshot();
     });
     r.bytes = size;
   } else if (op == "read_fresh") {
@@ -228,7 +199,7 @@ int run(int argc, char** argv) {
       if (huge) ::madvise(buf.get(), size, MADV_HUGEPAGE);
       read_into(arg(0), buf.get(), size);
       r.check = static_cast<uint64_t>(buf.get()[size / 2]);
-      if (last) snapshot(r);
+      if (last) r.snapshot();
     });
     r.bytes = size;
   } else if (op == "memcpy") {
@@ -237,7 +208,7 @@ int run(int argc, char** argv) {
     repeat(r, reps, nullptr, [&](bool last) {
       std::memcpy(dst.data(), src.data(), r.bytes);
       r.check = static_cast<uint64_t>(dst[r.bytes / 2]);
-      if (last) snapshot(r);
+      if (last) r.snapshot();
     });
   } else if (op == "write") {
     r.bytes = std::stoull(arg(1)) * mib;
@@ -245,7 +216,7 @@ int run(int argc, char** argv) {
     const bool sync = flag(2, "fsync");
     repeat(r, reps, nullptr, [&](bool last) {
       write_file(arg(0), buf, r.bytes, sync);
-      if (last) snapshot(r);
+      if (last) r.snapshot();
     });
     r.check = file_size(arg(0));
   } else if (op == "crc32_isal" || op == "crc32_libdeflate") {
@@ -256,19 +227,14 @@ int run(int argc, char** argv) {
     repeat(r, reps, nullptr, [&](bool last) {
       r.check = op == "crc32_isal" ? crc32_gzip_refl(0, p, r.bytes)
                                    : libdeflate_crc32(0, p, r.bytes);
-      if (last) snapshot(r);
+      if (last) r.snapshot();
     });
   } else {
     std::fprintf(stderr, "ckpt_bench: unknown operation '%s'\n", op.c_str());
     return 2;
   }
 
-  std::printf("{\"times\": [");
-  for (size_t i = 0; i < r.times.size(); ++i) std::printf("%s%.9f", i ? ", " : "", r.times[i]);
-  std::printf("], \"bytes\": %llu, \"tensors\": %llu, \"check\": %llu, \"rss_anon_kb\": %ld, "
-              "\"rss_file_kb\": %ld, \"rss_before_kb\": %ld}\n",
-              static_cast<unsigned long long>(r.bytes), static_cast<unsigned long long>(r.tensors),
-              static_cast<unsigned long long>(r.check), r.rss_anon_kb, r.rss_file_kb, r.rss_before_kb);
+  r.print();
   return 0;
 }
 

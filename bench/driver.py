@@ -62,7 +62,7 @@ class Bench:
         self.order.append(rid)
         rss = res.get("peak_rss_kb")
         print(f"  {rid:<34} median {fmt_s(res['median_s']):>9} ({fmt_s(t[0])}-{fmt_s(t[-1])})"
-              + (f"  {res['gb_per_s']:.2f} GB/s" if "gb_per_s" in res else "")
+              + (f"  {res['gb_per_s']:.2f} GB/s" if "gb_per_s" in res and res.get("scenario") != "open" else "")
               + (f"  peak RSS {rss / 1024:.0f} MiB" if rss else ""), flush=True)
 
     def measure(self, rid, argv, meta, expect_fail=False, fresh=False):

@@ -7,38 +7,20 @@
 //
 // Built by bench/run with g++ -std=c++20 against the venv's LibTorch (not part of the CMake
 // project: LibTorch is optional there).
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
+
 #include <torch/script.h>
 #include <torch/serialize.h>
 
 namespace {
-
-long status_kb(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const size_t n = std::strlen(field);
-  while (std::getline(in, line))
-    if (line.compare(0, n, field) == 0 && line.size() > n && line[n] == ':') return std::atol(line.c_str() + n + 1);
-  return -1;
-}
-
-void evict(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw std::runtime_error("cannot open " + path);
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  ::close(fd);
-}
 
 // Tensors and their bytes in an IValue tree (dicts, lists, tuples, modules' attributes).
 void count(const c10::IValue& v, uint64_t& tensors, uint64_t& bytes) {
@@ -68,12 +50,10 @@ int main(int argc, char** argv) {
   const bool cold = std::string(argv[3]) == "--cold";
   const std::string path = argv[cold ? 4 : 3];
   try {
-    std::vector<double> times;
-    uint64_t tensors = 0, bytes = 0;
-    long anon = 0, file = 0;
-    const long before = status_kb("VmRSS");
+    bench::Result r;
+    r.rss_before_kb = bench::status_kb("VmRSS");
     for (int i = 0; i < reps; ++i) {
-      if (cold) evict(path);
+      if (cold) bench::evict(path);
       auto t0 = std::chrono::steady_clock::now();
       c10::IValue v;
       if (op == "pickle_load") {
@@ -86,20 +66,12 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "libtorch_peer: unknown operation '%s'\n", op.c_str());
         return 2;
       }
-      tensors = bytes = 0;
-      count(v, tensors, bytes);
-      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      if (i + 1 == reps) {
-        anon = status_kb("RssAnon");
-        file = status_kb("RssFile");
-      }
+      r.tensors = r.bytes = 0;
+      count(v, r.tensors, r.bytes);
+      r.times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      if (i + 1 == reps) r.snapshot();
     }
-    std::printf("{\"times\": [");
-    for (size_t i = 0; i < times.size(); ++i) std::printf("%s%.9f", i ? ", " : "", times[i]);
-    std::printf("], \"bytes\": %llu, \"tensors\": %llu, \"check\": 0, \"rss_anon_kb\": %ld, "
-                "\"rss_file_kb\": %ld, \"rss_before_kb\": %ld}\n",
-                static_cast<unsigned long long>(bytes), static_cast<unsigned long long>(tensors), anon, file,
-                before);
+    r.print();
     return 0;
   } catch (const std::exception& e) {
     // The first line of LibTorch's message (the rest is a C++ backtrace).
