@@ -272,7 +272,10 @@ def run_all(b, sets, out_dir):
                       dict(m, scenario="load", program="LibTorch torch::jit::load", file=pt), expect_fail=True)
         if st:
             ck("load/ckpt.st", ["load", st], "load", "safetensors", st)
-            pe("load/load_file", "st_load", r, [st], "load", "safetensors load_file", st)
+            pe("load/load_file", "st_load", r, [st], "load",
+               "safetensors load_file (default backend: a lazy mapping, no byte read)", st)
+            pe("load/load_file(pread)", "st_load_pread", r, [st], "load",
+               "safetensors load_file(backend='pread')", st)
         # lazy mapped load, every byte read
         ck("mmap/ckpt.pt", ["mmap", pt], "mmap", "torch zip", pt)
         pe("mmap/torch.load(mmap)", "torch_load_mmap", r, [pt], "mmap", "torch.load(mmap=True)", pt)
@@ -349,6 +352,7 @@ def comparisons(results):
         add("open/ckpt.st", "open/safe_open", "speedup")
         add("load/ckpt.pt", "load/torch.load", "speedup", 3.0 if name == "small" else 2.0)
         add("load/ckpt.pt", "load/libtorch.pickle_load", "speedup")
+        add("load/ckpt.st", "load/load_file(pread)", "speedup")
         add("load/ckpt.st", "load/load_file", "speedup")
         add("load/ckpt.pt", "limit/read", "of limit", 0.8)
         add("load/ckpt.st", "limit/read", "of limit", 0.8)

@@ -10,7 +10,9 @@ Operations:
   torch_load FILE             torch.load(weights_only=True): owned tensors
   torch_load_mmap FILE        torch.load(weights_only=True, mmap=True), every byte read
   torch_open FILE             torch.load(weights_only=True, mmap=True), names and shapes only
-  st_load FILE                safetensors.torch.load_file
+  st_load FILE                safetensors.torch.load_file (its default backend maps the file
+                              copy-on-write: no byte is read until used)
+  st_load_pread FILE          load_file(backend="pread"): the bytes read into memory (0.8+)
   st_open FILE                safe_open: names and shapes only (header)
   st_lazy FILE                safe_open + get_tensor of every name, every byte read
   torch_save FILE OUT         torch.load FILE once, then torch.save(OUT) per rep; "times" up to
@@ -166,6 +168,9 @@ def main(argv):
                 out["check"] = sum(len(t.shape) + t.numel() * t.element_size() for t in res.values())
         elif op == "st_load":
             res = load_file(path)
+            out["check"] = len(res)
+        elif op == "st_load_pread":
+            res = load_file(path, backend="pread")
             out["check"] = len(res)
         elif op == "st_open":
             with safe_open(path, framework="pt") as f:
