@@ -112,7 +112,7 @@ Format detect(const std::shared_ptr<io::RandomAccessFile>& file) {
 }
 
 std::shared_ptr<io::RandomAccessFile> open_for_load(const std::string& path, bool mmap) {
-  return mmap ? io::map_file(path) : io::open_file(path);
+  return mmap ? io::map_file(path) : io::open_file_to_read_whole(path);
 }
 
 namespace {
