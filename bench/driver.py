@@ -65,13 +65,20 @@ class Bench:
               + (f"  {res['gb_per_s']:.2f} GB/s" if "gb_per_s" in res and res.get("scenario") != "open" else "")
               + (f"  peak RSS {rss / 1024:.0f} MiB" if rss else ""), flush=True)
 
-    def measure(self, rid, argv, meta, expect_fail=False, fresh=False):
+    def measure(self, rid, argv, meta, expect_fail=False, fresh=False, before=None):
         """Runs argv (whose REPS is argv[2]) once; fresh: REPS processes of one rep each, so that
-        every rep is a first load in a new process (the allocator's memory not yet faulted in)."""
+        every rep is a first load in a new process (the allocator's memory not yet faulted in).
+        before: called before each process (dropping the page cache for cold runs)."""
         warm(meta.get("file"))
         at = 3 if argv[0] == PY else 2  # where REPS is: ckpt_bench OP REPS, python peer.py OP REPS
+
+        def spawn(a):
+            if before:
+                before()
+            return self.spawn(a)
+
         if fresh and not self.quick and int(argv[at]) > 1:
-            runs = [self.spawn(argv[:at] + ["1"] + argv[at + 1:]) for _ in range(int(argv[at]))]
+            runs = [spawn(argv[:at] + ["1"] + argv[at + 1:]) for _ in range(int(argv[at]))]
             bad = [x for x in runs if x[0] != 0]
             rc, out, err, maxrss, _ = bad[0] if bad else runs[-1]
             if not bad:
@@ -81,7 +88,7 @@ class Bench:
                 maxrss = max(x[3] for x in runs)
             meta = dict(meta, fresh_process_per_rep=True)
         else:
-            rc, out, err, maxrss, _ = self.spawn(argv)
+            rc, out, err, maxrss, _ = spawn(argv)
         if rc != 0:
             msg = (err.strip().splitlines() or ["exit status %d" % rc])[-1]
             if expect_fail:
@@ -162,6 +169,21 @@ def sh(cmd):
         return ""
 
 
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1\n")
+
+
+def can_drop_caches():
+    """Whether /proc/sys/vm/drop_caches opens for writing (nothing is written: no cache is dropped)."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w"):
+            return True
+    except OSError:
+        return False
+
+
 def machine(data_dir, build):
     cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
     mem = sh("grep MemTotal /proc/meminfo | awk '{print $2}'")
@@ -180,7 +202,7 @@ def machine(data_dir, build):
         "torch": tv,
         "safetensors": sv,
         "python": platform.python_version(),
-        "drop_caches": os.access("/proc/sys/vm/drop_caches", os.W_OK),
+        "drop_caches": can_drop_caches(),
     }
 
 
@@ -316,18 +338,23 @@ def run_all(b, sets, out_dir):
         else:
             for rid, argv, meta in py:
                 b.measure(rid, peer + argv, meta, fresh=meta["scenario"] in ("load", "mmap"))
-        # cold page cache: posix_fadvise(DONTNEED) before each rep
+        # cold page cache: drop_caches before each rep where it can be written, else
+        # posix_fadvise(DONTNEED) on the file (the programs' --cold)
         if not quick and name == "llm":
-            print("  -- cold page cache (posix_fadvise DONTNEED before each rep)", flush=True)
-            for rid, argv, prog, f in [
-                ("cold/ckpt.pt", [cb, "load", str(r), "--cold", pt], "ckpt (torch zip)", pt),
-                ("cold/torch.load", peer + ["torch_load", str(r), "--cold", pt], "torch.load(weights_only=True)", pt),
-                ("cold/ckpt.st", [cb, "load", str(r), "--cold", st], "ckpt (safetensors)", st),
-                ("cold/load_file", peer + ["st_load", str(r), "--cold", st], "safetensors load_file", st),
-                ("cold/read", [cb, "read", str(r), "--cold", pt], "read() of the .pt", pt),
+            dc = can_drop_caches()
+            print("  -- cold page cache (%s before each rep)" % ("sync; echo 1 > /proc/sys/vm/drop_caches"
+                                                             if dc else "posix_fadvise DONTNEED"), flush=True)
+            cold = [] if dc else ["--cold"]
+            for rid, argv, prog in [
+                ("cold/ckpt.pt", [cb, "load", str(r)] + cold + [pt], "ckpt (torch zip)"),
+                ("cold/torch.load", peer + ["torch_load", str(r)] + cold + [pt], "torch.load(weights_only=True)"),
+                ("cold/ckpt.st", [cb, "load", str(r)] + cold + [st], "ckpt (safetensors)"),
+                ("cold/load_file(pread)", peer + ["st_load_pread", str(r)] + cold + [st],
+                 "safetensors load_file(backend='pread')"),
+                ("cold/read", [cb, "read_fresh", str(r)] + cold + [pt], "read() of the .pt into new memory"),
             ]:
                 b.measure(f"{name}/{rid}", argv, dict(m, scenario="load, cold cache", program=prog, file=None),
-                          fresh=True)
+                          fresh=True, before=drop_caches if dc else None)
         for f in os.listdir(scratch):
             os.unlink(os.path.join(scratch, f))
     # the CRC-32 implementations (ckpt uses ISA-L)
@@ -367,7 +394,7 @@ def comparisons(results):
         add("save/ckpt.pt+fsync", "limit/write+fsync", "of limit", 0.8)
         add("convert/ckpt", "convert/torch+safetensors", "speedup")
         add("cold/ckpt.pt", "cold/torch.load", "speedup")
-        add("cold/ckpt.st", "cold/load_file", "speedup")
+        add("cold/ckpt.st", "cold/load_file(pread)", "speedup")
         add("cold/ckpt.pt", "cold/read", "of limit")
     out = []
     for a, o, kind, target in rows:
@@ -408,9 +435,11 @@ def markdown(b, mach, cmd, load, cmp, chk):
          "torch {torch}, safetensors {safetensors} (Python {python}).".format(**mach),
          f"Load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f}. "
          "Page cache warm (each file read once before its measurement) unless the scenario says cold"
-         + ("; cold = `posix_fadvise(POSIX_FADV_DONTNEED)` on the file before each repetition "
-            "(`/proc/sys/vm/drop_caches` is " + ("writable" if mach["drop_caches"] else "not writable here")
-            + "; a VM host may still cache the file)" if any("cold" in k for k in res) else "") + ". "
+         + (("; cold = `sync; echo 1 > /proc/sys/vm/drop_caches` before each repetition"
+             if mach["drop_caches"] else
+             "; cold = `posix_fadvise(POSIX_FADV_DONTNEED)` on the file before each repetition "
+             "(`/proc/sys/vm/drop_caches` is not writable here)")
+            + " (a VM host may still cache the file)" if any("cold" in k for k in res) else "") + ". "
          + ("Quick mode: the repetitions of a program run in one process, and the Python peers of a "
             "data set share one (no peak RSS for them)." if b.quick else
             "Load and mmap rows: a new process for every repetition (each is a first load, as at a "
