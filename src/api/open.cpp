@@ -65,7 +65,7 @@ LoadOptions mapped(const OpenOptions& options) {
 
 void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions& options) {
   auto file = io::map_file(path);
-  if (detail::detect(file) == Format::safetensors && options.key.empty()) {
+  if (detail::detect_head(file) == Format::safetensors && options.key.empty()) {
     // The flat tensors straight from the header, parsed once (a ckpt.tree
     // is not rebuilt: its tensors are already named by their paths).
     if (impl.format == Format::unknown) impl.format = Format::safetensors;

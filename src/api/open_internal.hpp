@@ -11,6 +11,10 @@
 namespace ckpt::detail {
 
 Format detect(const std::shared_ptr<io::RandomAccessFile>& file);
+// From the first bytes alone: a zip archive is reported as Format::torch_zip
+// without reading its central directory (TorchScript archives included), so
+// the answer is exact for every other format and costs one small read.
+Format detect_head(const std::shared_ptr<io::RandomAccessFile>& file);
 std::shared_ptr<io::RandomAccessFile> open_for_load(const std::string& path, bool mmap);
 // Loads any supported format; reports the detected format and pickle events.
 Value load_file(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,

@@ -92,7 +92,7 @@ class StorageLoader {
     if (options_.mmap && !swap && e->method == 0 && aligned && zip_.file().memory() != nullptr) {
       sv.storage = zip_.view(*e);
     } else {
-      sv.storage = zip_.read(*e);
+      sv.storage = read_storage(*e);
       if (swap) {
         size_t esize = itemsize(dtype);
         if (info(dtype).is_complex) esize /= 2;  // real and imaginary parts swap separately
@@ -110,6 +110,32 @@ class StorageLoader {
   std::string pkl_;
   std::string dir_;
   std::unordered_map<std::string, StorageValue> cache_;
+  Storage slab_;         // small storages are slices of this block
+  size_t slab_used_ = 0;
+
+  // Small stored records are read into slices of 1 MiB blocks, not into an
+  // allocation each: with glibc, every aligned_alloc past the small-bin sizes
+  // consolidates the fast bins first, which made allocation a fifth of the
+  // time of loading 100,000 tensors of ~2 KiB. A block is freed with the last
+  // tensor viewing it (at most 1 MiB held by one small tensor); every slice is
+  // Storage::kAlignment-aligned, writable and owned, as an allocation is.
+  static constexpr size_t kSlab = size_t{1} << 20;
+  static constexpr size_t kSlabMaxRecord = size_t{64} << 10;
+  Storage read_storage(const zip::Entry& e) {
+    const uint64_t n = e.uncompressed_size;
+    if (e.method != 0 || n > kSlabMaxRecord) return zip_.read(e);
+    const size_t size = static_cast<size_t>(n);
+    const size_t offset = (slab_used_ + Storage::kAlignment - 1) / Storage::kAlignment * Storage::kAlignment;
+    if (!slab_ || offset + size > slab_.nbytes()) {
+      slab_ = Storage::allocate(kSlab);
+      slab_used_ = 0;
+      return read_storage(e);
+    }
+    Storage s = slab_.slice(offset, size);
+    zip_.read_into(e, {s.mutable_data(), size});
+    slab_used_ = offset + size;
+    return s;
+  }
 };
 
 }  // namespace

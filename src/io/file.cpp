@@ -60,6 +60,12 @@ class PosixRandomAccessFile final : public RandomAccessFile {
     fd_ = open_readonly(path_, size_);
   }
   ~PosixRandomAccessFile() override { ::close(fd_); }
+  void advise_whole_read() const {
+    ::posix_fadvise(fd_, 0, 0, POSIX_FADV_SEQUENTIAL);
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0 && size_ <= static_cast<uint64_t>(pages) / 4 * static_cast<uint64_t>(page))
+      ::posix_fadvise(fd_, 0, 0, POSIX_FADV_WILLNEED);
+  }
   const std::string& name() const override { return path_; }
   uint64_t size() const override { return size_; }
   void read_at(uint64_t offset, std::span<std::byte> dst) const override {
@@ -192,6 +198,12 @@ std::string temp_name_for(const std::string& path) {
 
 std::shared_ptr<RandomAccessFile> open_file(const std::string& path) {
   return std::make_shared<PosixRandomAccessFile>(path);
+}
+
+std::shared_ptr<RandomAccessFile> open_file_to_read_whole(const std::string& path) {
+  auto f = std::make_shared<PosixRandomAccessFile>(path);
+  f->advise_whole_read();
+  return f;
 }
 
 std::shared_ptr<RandomAccessFile> map_file(const std::string& path) {

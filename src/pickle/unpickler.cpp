@@ -20,6 +20,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -336,7 +337,15 @@ class Machine final : public CallContext {
   uint64_t op_offset_ = 0;
   std::vector<Value> stack_;
   std::vector<size_t> marks_;  // stack heights at each open MARK (the metastack), O(1) per MARK
-  std::unordered_map<uint64_t, Value> memo_;  // a map: indices come from the file
+  // The memo. Picklers (Python's, torch's) number entries 0, 1, 2, ...: those
+  // live in a vector, indexed directly (a state dict puts ~8 entries in the
+  // memo per tensor; a hash map's nodes and rehashes were a tenth of the
+  // open time of a 100,000-tensor file). An index far past the entries
+  // stored so far (possible in a hand-made pickle) goes to the map, so the
+  // vector stays within twice the number of entries.
+  std::vector<std::optional<Value>> memo_dense_;
+  std::unordered_map<uint64_t, Value> memo_sparse_;
+  size_t memo_count_ = 0;
   std::vector<Value> arena_;  // every container the VM created, to empty them without recursion
   // Containers returned by persistent_load: not ours to change or empty. The
   // values are kept so that their addresses stay theirs for the whole run.
@@ -460,21 +469,31 @@ class Machine final : public CallContext {
   Value new_tuple(List items) { return track(Value::tuple(std::move(items))); }
 
   // ---- memo
+  Value* memo_find(uint64_t index) {
+    if (index < memo_dense_.size()) return memo_dense_[index] ? &*memo_dense_[index] : nullptr;
+    auto it = memo_sparse_.find(index);
+    return it == memo_sparse_.end() ? nullptr : &it->second;
+  }
   void memo_put(uint64_t index, uint8_t op) {
     if (stack_.size() <= base()) underflow(op);
-    auto it = memo_.find(index);
-    if (it != memo_.end()) {
-      it->second = stack_.back();
+    if (Value* v = memo_find(index)) {
+      *v = stack_.back();
       return;
     }
-    if (memo_.size() >= opts_.limits.max_memo)
+    if (memo_count_ >= opts_.limits.max_memo)
       throw LimitError("pickle memo passes " + std::to_string(opts_.limits.max_memo) + " entries", where());
-    memo_.emplace(index, stack_.back());
+    ++memo_count_;
+    if (index < memo_dense_.size() || index < 2 * memo_count_ + 64) {
+      if (index >= memo_dense_.size()) memo_dense_.resize(static_cast<size_t>(index) + 1);
+      memo_dense_[index] = stack_.back();
+    } else {
+      memo_sparse_.emplace(index, stack_.back());
+    }
   }
   void memo_get(uint64_t index) {
-    auto it = memo_.find(index);
-    if (it == memo_.end()) fail("memo entry " + std::to_string(index) + " is read before it is stored");
-    push(it->second);
+    Value* v = memo_find(index);
+    if (v == nullptr) fail("memo entry " + std::to_string(index) + " is read before it is stored");
+    push(*v);
   }
   uint64_t memo_index(std::string_view s, const char* what) {
     uint64_t v = 0;
@@ -923,7 +942,7 @@ class Machine final : public CallContext {
         case PUT: memo_put(memo_index(line("PUT"), "PUT"), op); break;
         case BINPUT: memo_put(u8("BINPUT"), op); break;
         case LONG_BINPUT: memo_put(uint_le(4, "LONG_BINPUT"), op); break;
-        case MEMOIZE: memo_put(memo_.size(), op); break;
+        case MEMOIZE: memo_put(memo_count_, op); break;
         case GET: memo_get(memo_index(line("GET"), "GET")); break;
         case BINGET: memo_get(u8("BINGET")); break;
         case LONG_BINGET: memo_get(uint_le(4, "LONG_BINGET")); break;
@@ -1218,7 +1237,9 @@ class Machine final : public CallContext {
   void dismantle() noexcept {
     stack_.clear();
     marks_.clear();
-    memo_.clear();
+    memo_dense_.clear();
+    memo_sparse_.clear();
+    memo_count_ = 0;
     set_index_.clear();
     for (const Value& v : arena_) empty_container(v);
     arena_.clear();

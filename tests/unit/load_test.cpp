@@ -3,6 +3,7 @@
 // itself produced (<name>.expected.json).
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -107,6 +108,39 @@ TEST(Load, StateDictKeepsMetadataAndOrder) {
     EXPECT_EQ(bn.as_dict().at(Value("version")).as_int(), 2);
     EXPECT_EQ(sd.at("fc.weight").storage(), sd.at("head.weight").storage());
   }
+}
+
+TEST(Load, ManySmallTensorsAreIndependentWritableCopies) {
+  // Small records are read into slices of shared blocks: each tensor must
+  // still be its own storage, writable, exact, and alive without the others.
+  StateDict sd;
+  for (int i = 0; i < 3000; ++i) {
+    Tensor t = Tensor::empty(DType::float32, {1 + (i * 37) % 700});
+    auto* f = reinterpret_cast<float*>(t.mutable_data());
+    for (int64_t j = 0; j < t.numel(); ++j) f[j] = static_cast<float>(i) + static_cast<float>(j) / 1024.0f;
+    sd.set("p." + std::to_string(i), t);
+  }
+  sd.set("big", Tensor::empty(DType::uint8, {int64_t{200} << 10}));
+  const std::string file = save_to_buffer(sd.to_value());
+  StateDict in = load_state_dict(std::as_bytes(std::span<const char>(file)));
+  ASSERT_EQ(in.size(), sd.size());
+  std::set<const void*> storages;
+  for (const auto& [name, t] : in) {
+    EXPECT_TRUE(t.equal(sd.at(name))) << name;
+    EXPECT_TRUE(t.storage().writable()) << name;
+    EXPECT_EQ(t.storage().nbytes(), t.nbytes()) << name;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data()) % Storage::kAlignment, 0u) << name;
+    storages.insert(t.storage().id());
+  }
+  EXPECT_EQ(storages.size(), in.size());
+  // Writing one tensor leaves its neighbours alone.
+  std::memset(in.at("p.1").mutable_data(), 0xff, in.at("p.1").nbytes());
+  EXPECT_TRUE(in.at("p.0").equal(sd.at("p.0")));
+  EXPECT_TRUE(in.at("p.2").equal(sd.at("p.2")));
+  // One tensor outlives the state dict it came from.
+  Tensor keep = in.at("p.2999");
+  in = StateDict();
+  EXPECT_TRUE(keep.equal(sd.at("p.2999")));
 }
 
 TEST(Load, CheckpointValuesAreExact) {

@@ -378,6 +378,22 @@ TEST(UnpicklerOpcodes, StackManipulation) {
   EXPECT_TRUE(dup.is_list());
 }
 
+TEST(UnpicklerOpcodes, MemoDenseAndFarIndicesTogether) {
+  // 0 and 1 are dense; 1,000,000 is far past the entries stored (kept apart
+  // from the dense ones); storing again replaces; MEMOIZE numbers by the
+  // count of entries (3 here), whatever their indices.
+  P p;
+  p.proto(4).mark();
+  p.binint1(1).binput(0);
+  p.binint1(2).op('r').u32(1000000);
+  p.binint1(3).binput(1);
+  p.binint1(9).binput(0);
+  p.binint1(8).op('r').u32(1000000);
+  p.binint1(7).op(0x94);
+  p.binget(0).binget(1).op('j').u32(1000000).binget(3);
+  EXPECT_EQ(load(p.op('t').stop()).repr(), "(1, 2, 3, 9, 8, 7, 9, 3, 8, 7)");
+}
+
 TEST(UnpicklerOpcodes, DupOfAListIntoItselfIsACycle) {
   EXPECT_CONTAINS(error_of<FormatError>(P().empty_list().op('2').append().stop()), "recursive structure");
 }
