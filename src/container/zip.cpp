@@ -246,7 +246,7 @@ void ZipReader::read_into(const Entry& e, std::span<std::byte> dst) const {
     throw Error("read_into: destination has " + std::to_string(dst.size()) + " bytes, entry has " +
                 std::to_string(e.uncompressed_size), where);
   if (e.method == 0) {
-    file_->read_at(e.data_offset, dst);
+    io::read_at_parallel(*file_, e.data_offset, dst);
     return;
   }
   check_inflated_size(e);

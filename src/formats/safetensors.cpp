@@ -639,7 +639,7 @@ std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAcc
         if (src)
           std::memcpy(storage.mutable_data(), src, nbytes);
         else
-          file.read_at(e.begin, {storage.mutable_data(), nbytes});
+          io::read_at_parallel(file, e.begin, {storage.mutable_data(), nbytes});
       }
     }
     std::vector<int64_t> strides = Tensor::contiguous_strides(e.shape);

@@ -5,12 +5,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <system_error>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "ckpt/error.hpp"
 
@@ -254,6 +258,37 @@ void write_atomically(Env& env, const std::string& path,
   if (!sync) return;
   std::filesystem::path dir = std::filesystem::path(path).parent_path();
   env.sync_dir(dir.empty() ? "." : dir.string());
+}
+
+void read_at_parallel(const RandomAccessFile& f, uint64_t offset, std::span<std::byte> dst) {
+  constexpr size_t kMinParallel = size_t{8} << 20;
+  constexpr size_t kMinPiece = size_t{4} << 20;
+  constexpr size_t kPage = 4096;
+  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const size_t n = std::min({hw, size_t{4}, dst.size() / kMinPiece});
+  if (dst.size() < kMinParallel || n < 2) return f.read_at(offset, dst);
+  const size_t step = (dst.size() / n + kPage - 1) / kPage * kPage;
+  std::vector<std::exception_ptr> errors(n);
+  auto piece = [&](size_t i) {
+    try {
+      const size_t begin = std::min(i * step, dst.size());
+      const size_t len = std::min(step, dst.size() - begin);
+      if (len > 0) f.read_at(offset + begin, dst.subspan(begin, len));
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> threads;
+  size_t started = 1;
+  try {
+    for (; started < n; ++started) threads.emplace_back(piece, started);
+  } catch (const std::system_error&) {  // no thread to be had: read the rest here
+  }
+  piece(0);
+  for (size_t i = started; i < n; ++i) piece(i);
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 }  // namespace ckpt::io

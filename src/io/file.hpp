@@ -31,6 +31,14 @@ class RandomAccessFile {
   virtual std::shared_ptr<const void> keepalive() const { return nullptr; }
 };
 
+// f.read_at(offset, dst), with a large read (8 MiB and more) split into
+// pieces of at least 4 MiB read by up to min(hardware threads, 4) threads. A copying load of
+// page-cached data is bound by the page faults of the fresh destination
+// memory, which the kernel serves on every core at once. Small reads, or one
+// hardware thread, go straight to read_at. Throws what read_at throws (the
+// first error of any piece), after every piece has finished.
+void read_at_parallel(const RandomAccessFile& f, uint64_t offset, std::span<std::byte> dst);
+
 // pread-based file.
 std::shared_ptr<RandomAccessFile> open_file(const std::string& path);
 // open_file for a file that will be read whole, front to back (a copying

@@ -1,0 +1,58 @@
+// io::read_at_parallel: the same bytes as one read_at, whatever the size and
+// the number of pieces; errors of any piece reach the caller.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <vector>
+
+#include "ckpt/error.hpp"
+#include "io/file.hpp"
+#include "test_util.hpp"
+
+using namespace ckpt;
+
+namespace {
+
+std::vector<std::byte> pattern(size_t n) {
+  std::vector<std::byte> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>((i * 2654435761u) >> 13);
+  return v;
+}
+
+TEST(ReadAtParallel, SameBytesAsOneReadForEverySize) {
+  const size_t mib = size_t{1} << 20;
+  const auto data = pattern(40 * mib + 12345);
+  ckpt::testing::TempDir dir;
+  const std::string path = dir.path() + "/data.bin";
+  {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(data.data(), 1, data.size(), f), data.size());
+    std::fclose(f);
+  }
+  auto file = io::open_file(path);
+  auto mem = io::memory_file(data);
+  // Below, at and above the threshold (8 MiB), odd sizes and offsets, the whole file.
+  for (size_t len : {size_t{0}, size_t{1}, 8 * mib - 1, 8 * mib, 8 * mib + 4097, 17 * mib + 3, 40 * mib + 12345}) {
+    for (size_t off : {size_t{0}, size_t{7}}) {
+      if (off + len > data.size()) continue;
+      for (const auto& f : {file, mem}) {
+        std::vector<std::byte> out(len, std::byte{0xAA});
+        io::read_at_parallel(*f, off, out);
+        EXPECT_TRUE(std::equal(out.begin(), out.end(), data.begin() + static_cast<ptrdiff_t>(off)))
+            << "len " << len << " offset " << off << " " << f->name();
+      }
+    }
+  }
+}
+
+TEST(ReadAtParallel, ReadPastTheEndIsAnErrorFromAnyPiece) {
+  const auto data = pattern(size_t{20} << 20);
+  auto mem = io::memory_file(data);
+  std::vector<std::byte> out(size_t{12} << 20);
+  // The last piece runs past the end; the first ones do not.
+  EXPECT_THROW(io::read_at_parallel(*mem, data.size() - out.size() + 1, out), FormatError);
+  EXPECT_NO_THROW(io::read_at_parallel(*mem, data.size() - out.size(), out));
+}
+
+}  // namespace
