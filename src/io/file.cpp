@@ -264,9 +264,11 @@ void read_at_parallel(const RandomAccessFile& f, uint64_t offset, std::span<std:
   constexpr size_t kMinParallel = size_t{8} << 20;
   constexpr size_t kMinPiece = size_t{4} << 20;
   constexpr size_t kPage = 4096;
-  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
+  if (dst.size() < kMinParallel) return f.read_at(offset, dst);  // first: most records are small
+  // hardware_concurrency() reads /sys on Linux: once per process, not per record.
+  static const size_t hw = std::max(1u, std::thread::hardware_concurrency());
   const size_t n = std::min({hw, size_t{4}, dst.size() / kMinPiece});
-  if (dst.size() < kMinParallel || n < 2) return f.read_at(offset, dst);
+  if (n < 2) return f.read_at(offset, dst);
   const size_t step = (dst.size() / n + kPage - 1) / kPage * kPage;
   std::vector<std::exception_ptr> errors(n);
   auto piece = [&](size_t i) {
