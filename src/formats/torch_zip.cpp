@@ -93,11 +93,7 @@ class StorageLoader {
       sv.storage = zip_.view(*e);
     } else {
       sv.storage = read_storage(*e);
-      if (swap) {
-        size_t esize = itemsize(dtype);
-        if (info(dtype).is_complex) esize /= 2;  // real and imaginary parts swap separately
-        byteswap_elements(sv.storage.mutable_data(), sv.storage.nbytes(), esize);
-      }
+      if (swap) byteswap_dtype_elements(sv.storage.mutable_data(), sv.storage.nbytes(), dtype);
     }
     cache_.emplace(key, sv);
     return Value(std::move(sv));

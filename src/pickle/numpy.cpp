@@ -66,11 +66,7 @@ Dtype parse_dtype(const Value& v, const ErrorContext& where) {
 // Raw little- or big-endian element bytes into an owned, little-endian storage.
 Storage native_storage(const std::string& raw, const Dtype& d) {
   Storage s = Storage::copy_of(std::as_bytes(std::span<const char>(raw.data(), raw.size())));
-  if (d.big_endian && s.nbytes() > 0) {
-    size_t esize = itemsize(d.dtype);
-    if (info(d.dtype).is_complex) esize /= 2;
-    byteswap_elements(s.mutable_data(), s.nbytes(), esize);
-  }
+  if (d.big_endian && s.nbytes() > 0) byteswap_dtype_elements(s.mutable_data(), s.nbytes(), d.dtype);
   return s;
 }
 
