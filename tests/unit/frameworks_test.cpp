@@ -1,6 +1,7 @@
 // Checkpoints that frameworks and old code leave behind, written by the real
 // torch 1.13 and 2.x (tests/data/make_framework_fixtures.py): whole-model
-// pickles, Lightning .ckpt files, files saved on GPUs.
+// pickles, Lightning .ckpt files, files saved on GPUs (patched location tags,
+// and real ones from tests/data/make_gpu_fixtures.py).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -131,6 +132,80 @@ TEST_P(Frameworks, CudaSavedFileKeepsDevicesAndMapLocationMovesThem) {
   const Reader reader = open(path, oo);  // keep the Reader alive while iterating its tensors
   for (const auto& info : reader.tensors()) EXPECT_EQ(info.device, "cpu");
 }
+
+// Files saved from a real GPU (tests/data/make_gpu_fixtures.py, run on an
+// NVIDIA H200 with torch 2.11 and PyTorch Lightning 2.6.6): a training
+// checkpoint mixing cuda:0 and CPU tensors (AdamW keeps `step` on the CPU), and
+// the .ckpt Lightning's ModelCheckpoint wrote. Expectations are torch.load's.
+nlohmann::json gpu_listing(const Value& root) {
+  nlohmann::json out = nlohmann::json::array();
+  for_each_tensor(root, [&](const std::string& path, const Tensor& t) {
+    out.push_back({{"path", path},
+                   {"device", t.device()},
+                   {"dtype", std::string(ckpt::name(t.dtype()))},
+                   {"shape", t.sizes()},
+                   {"sha256", tensor_sha256(t)}});
+  });
+  return out;
+}
+
+class GpuFiles : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuFiles, DevicesDtypesAndBytesAsTorchReadsThem) {
+  const std::string path = data_path("valid/torch2_gpu/" + GetParam());
+  const auto exp = expected("torch2_gpu", GetParam().substr(0, GetParam().rfind('.')));
+  // torch 2.11 finds no global outside its weights-only allow-list: neither does ckpt.
+  ASSERT_TRUE(exp["unsafe_globals"].empty());
+  const Value root = load(path);
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : root.as_dict()) keys.push_back(k.as_string());
+  EXPECT_EQ(keys, exp["keys"].get<std::vector<std::string>>());
+  EXPECT_EQ(lookup(root, "epoch").as_int(), exp["epoch"].get<int64_t>());
+  const nlohmann::json got = gpu_listing(root);
+  ASSERT_EQ(got.size(), exp["tensors"].size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], exp["tensors"][i]) << path;
+
+  // map_location="cpu" and mmap: the same bytes, every tensor on the CPU.
+  LoadOptions o;
+  o.map_location = MapLocation("cpu");
+  o.mmap = true;
+  const nlohmann::json mapped = gpu_listing(load(path, o));
+  ASSERT_EQ(mapped.size(), exp["tensors"].size());
+  for (size_t i = 0; i < mapped.size(); ++i) {
+    EXPECT_EQ(mapped[i]["device"], "cpu") << mapped[i]["path"];
+    EXPECT_EQ(mapped[i]["sha256"], exp["tensors"][i]["sha256"]) << mapped[i]["path"];
+  }
+}
+
+TEST(GpuLightning, TrainerCheckpointFromTheGpu) {
+  const std::string path = data_path("valid/torch2_gpu/lightning_gpu.ckpt");
+  const auto exp = expected("torch2_gpu", "lightning_gpu");
+  const Value root = load(path);
+  EXPECT_EQ(lookup(root, "global_step").as_int(), exp["global_step"].get<int64_t>());
+  EXPECT_EQ(lookup(root, "pytorch-lightning_version").as_string(), exp["lightning"].get<std::string>());
+  for (const auto& [k, v] : exp["hyper_parameters"].items()) {
+    const Value& got = lookup(root, "hyper_parameters/" + k);
+    if (v.is_string()) EXPECT_EQ(got.as_string(), v.get<std::string>()) << k;
+    else if (v.is_number_integer()) EXPECT_EQ(got.as_int(), v.get<int64_t>()) << k;
+    else EXPECT_DOUBLE_EQ(got.as_float(), v.get<double>()) << k;
+  }
+  // The monitored score is a 0-d float32 tensor left on the GPU.
+  const Value& cb = lookup(root, "callbacks").as_dict().begin()->second;
+  const Tensor score = lookup(cb, "best_model_score").as_tensor();
+  EXPECT_EQ(score.device(), "cuda:0");
+  float value = 0;
+  std::memcpy(&value, score.data(), sizeof value);
+  EXPECT_FLOAT_EQ(value, exp["best_model_score"].get<float>());
+  // The model's weights, with Lightning's key, on the device they trained on.
+  LoadOptions o;
+  o.key = "state_dict";
+  const StateDict sd = load_state_dict(path, o);
+  EXPECT_EQ(sd.size(), 4u);
+  for (const auto& [name, t] : sd) EXPECT_EQ(t.device(), "cuda:0") << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Torch2, GpuFiles, ::testing::Values("cuda_training.pt", "lightning_gpu.ckpt"),
+                         [](const auto& p) { return p.param.substr(0, p.param.rfind('.')); });
 
 // Files LibTorch's C++ API writes (tests/data/libtorch/make.sh, expectations
 // from the same version's Python: torch.jit.load(f).state_dict() / torch.load).
