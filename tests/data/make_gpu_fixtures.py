@@ -26,11 +26,8 @@ import tempfile
 
 import torch
 
-OUT = sys.argv[1] if len(sys.argv) > 1 else "."
-os.makedirs(OUT, exist_ok=True)
 DEV = "cuda:0"
-assert torch.cuda.is_available(), "make_gpu_fixtures.py needs a CUDA device"
-torch.manual_seed(0)
+OUT = "."
 
 
 def digest(t):
@@ -69,59 +66,87 @@ def expected(path, extra):
 
 
 # ------------------------------------------------------------------ plain torch training checkpoint
-model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)).to(DEV)
-opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-for _ in range(3):
+def training_model():
+    """The model and optimizer of cuda_training.pt (also what tests/interop/gpu_roundtrip.py resumes)."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)).to(DEV)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def train_step(model, opt):
     loss = model(torch.randn(5, 8, device=DEV)).pow(2).mean()
     opt.zero_grad()
     loss.backward()
     opt.step()
-extra = {
-    "bf16": model[0].weight.detach().to(torch.bfloat16),
-    "half_view": model[2].weight.detach().half()[1:3, ::2],  # non-contiguous view of a GPU storage
-    "int8": torch.randint(-5, 5, (7,), dtype=torch.int8, device=DEV),
-    "cpu": torch.arange(6),
-}
-path = os.path.join(OUT, "cuda_training.pt")
-torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "extra": extra}, path)
-expected(path, {"epoch": 3})
+
+
+def write_training():
+    model, opt = training_model()
+    for _ in range(3):
+        train_step(model, opt)
+    extra = {
+        "bf16": model[0].weight.detach().to(torch.bfloat16),
+        "half_view": model[2].weight.detach().half()[1:3, ::2],  # non-contiguous view of a GPU storage
+        "int8": torch.randint(-5, 5, (7,), dtype=torch.int8, device=DEV),
+        "cpu": torch.arange(6),
+    }
+    path = os.path.join(OUT, "cuda_training.pt")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "extra": extra}, path)
+    expected(path, {"epoch": 3})
 
 # ------------------------------------------------------------------ Lightning on the GPU
-import pytorch_lightning as pl  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+def lightning_module():
+    """(pytorch_lightning, the LightningModule class of lightning_gpu.ckpt, its data)."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Tiny(pl.LightningModule):
+        def __init__(self, hidden=8, lr=0.01, note="gpu fixture"):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+        def validation_step(self, batch, _):
+            x, y = batch
+            self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+        def configure_optimizers(self):
+            opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g))
+    return pl, Tiny, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32)
 
 
-class Tiny(pl.LightningModule):
-    def __init__(self, hidden=8, lr=0.01, note="gpu fixture"):
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
-
-    def training_step(self, batch, _):
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.net(x), y)
-
-    def validation_step(self, batch, _):
-        x, y = batch
-        self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
-
-    def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+def trainer(pl, max_epochs, callbacks, root):
+    return pl.Trainer(accelerator="gpu", devices=1, max_epochs=max_epochs, callbacks=callbacks, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
 
 
-data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
-tmp = tempfile.mkdtemp()
-best = pl.callbacks.ModelCheckpoint(dirpath=tmp, monitor="val_loss", mode="min", save_top_k=1, filename="best")
-trainer = pl.Trainer(accelerator="gpu", devices=1, max_epochs=2, callbacks=[best], logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp)
-trainer.fit(Tiny(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
-path = os.path.join(OUT, "lightning_gpu.ckpt")
-shutil.copy(best.best_model_path, path)
-ck = torch.load(path, weights_only=False, map_location="cpu")
-expected(path, {
-    "lightning": pl.__version__,
-    "epoch": ck["epoch"], "global_step": ck["global_step"],
-    "best_model_score": float(best.best_model_score),
-    "hyper_parameters": {k: v for k, v in ck["hyper_parameters"].items()},
-})
+def write_lightning():
+    pl, Tiny, train, val = lightning_module()
+    tmp = tempfile.mkdtemp()
+    best = pl.callbacks.ModelCheckpoint(dirpath=tmp, monitor="val_loss", mode="min", save_top_k=1, filename="best")
+    trainer(pl, 2, [best], tmp).fit(Tiny(), train, val)
+    path = os.path.join(OUT, "lightning_gpu.ckpt")
+    shutil.copy(best.best_model_path, path)
+    ck = torch.load(path, weights_only=False, map_location="cpu")
+    expected(path, {
+        "lightning": pl.__version__,
+        "epoch": ck["epoch"], "global_step": ck["global_step"],
+        "best_model_score": float(best.best_model_score),
+        "hyper_parameters": {k: v for k, v in ck["hyper_parameters"].items()},
+    })
+
+
+if __name__ == "__main__":
+    OUT = sys.argv[1] if len(sys.argv) > 1 else "."
+    os.makedirs(OUT, exist_ok=True)
+    assert torch.cuda.is_available(), "make_gpu_fixtures.py needs a CUDA device"
+    torch.manual_seed(0)
+    write_training()
+    write_lightning()
