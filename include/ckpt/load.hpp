@@ -73,6 +73,11 @@ struct LoadOptions {
   // Tensor data as read-only views into a memory mapping instead of copies.
   // Needs a file whose records are aligned (torch zip 1.6+, safetensors).
   bool mmap = false;
+  // Copying loads put large storages (Storage::kHugePageThreshold bytes and
+  // up) on transparent huge pages, which fills them several times faster than
+  // 4 KiB pages (docs/benchmarks.md). Off: ordinary pages. The environment
+  // variable CKPT_HUGE_PAGES=0 turns them off for the whole process.
+  bool huge_pages = true;
   // load_state_dict only: where the state dict lives inside a checkpoint
   // dict, as a '/'-separated path ("model", "state_dict", "model/encoder").
   // Empty: the top-level object itself must be a state dict.
@@ -82,6 +87,10 @@ struct LoadOptions {
 // The object tree of a checkpoint file or buffer. A directory holding a
 // torch.distributed.checkpoint (its `.metadata`) loads consolidated: every
 // tensor assembled from its chunks, nested as the saved state dict was.
+inline Storage::HugePages huge_pages(const LoadOptions& options) noexcept {
+  return options.huge_pages ? Storage::HugePages::on : Storage::HugePages::off;
+}
+
 Value load(const std::string& path, const LoadOptions& options = {});
 Value load(std::span<const std::byte> bytes, const LoadOptions& options = {});
 

@@ -271,9 +271,9 @@ void ZipReader::read_into(const Entry& e, std::span<std::byte> dst) const {
                       where);
 }
 
-Storage ZipReader::read(const Entry& e) const {
+Storage ZipReader::read(const Entry& e, Storage::HugePages huge) const {
   check_inflated_size(e);
-  Storage s = Storage::allocate(e.uncompressed_size);
+  Storage s = Storage::allocate(e.uncompressed_size, huge);
   read_into(e, {s.mutable_data(), s.nbytes()});
   return s;
 }

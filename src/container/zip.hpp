@@ -61,7 +61,7 @@ class ZipReader {
   const std::shared_ptr<io::RandomAccessFile>& file_ptr() const noexcept { return file_; }
 
   // The entry's bytes in owned, 64-byte aligned memory.
-  Storage read(const Entry& e) const;
+  Storage read(const Entry& e, Storage::HugePages huge = Storage::HugePages::on) const;
   // Small records (data.pkl, version): the bytes as a string.
   std::string read_string(const Entry& e) const;
   // Reads a stored entry straight into `dst` (dst.size() == uncompressed_size).

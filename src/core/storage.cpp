@@ -1,7 +1,13 @@
 #include "ckpt/storage.hpp"
 
+#include <sys/mman.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <new>
 #include <string>
 
@@ -21,9 +27,12 @@ struct Storage::Impl {
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   bool owns_memory = false;               // owned: data came from aligned_alloc
+  size_t mapped_len = 0;                  // owned: nonzero when data is an anonymous mapping
 
   ~Impl() {
-    if (owns_memory) {
+    if (mapped_len != 0) {
+      ::munmap(data, mapped_len);
+    } else if (owns_memory) {
       std::free(data);
     } else if (backing == Backing::external && release) {
       release();
@@ -31,8 +40,74 @@ struct Storage::Impl {
   }
 };
 
-Storage Storage::allocate(size_t nbytes) {
+namespace {
+
+constexpr size_t kHugePage = size_t{2} << 20;
+// A 2 MiB fault normally takes well under a millisecond (zeroing 2 MiB); one
+// that takes longer waited for the kernel to compact memory.
+constexpr auto kStall = std::chrono::milliseconds(10);
+
+// Off when CKPT_HUGE_PAGES=0 or the kernel's THP mode is "never" (then the
+// advice would be ignored and the mapping only costs alignment).
+bool huge_pages_wanted() {
+  if (const char* env = std::getenv("CKPT_HUGE_PAGES"); env != nullptr && std::strcmp(env, "0") == 0) return false;
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string mode;
+  if (f && std::getline(f, mode) && mode.find("[never]") != std::string::npos) return false;
+  return true;
+}
+
+std::atomic<bool>& huge_pages_state() {
+  static std::atomic<bool> on{huge_pages_wanted()};
+  return on;
+}
+
+// A 2 MiB-aligned anonymous mapping of at least `nbytes`, advised
+// MADV_HUGEPAGE, or nullptr (the caller falls back to the heap).
+std::byte* map_huge(size_t nbytes, size_t* mapped_len) {
+  if (nbytes > SIZE_MAX - 2 * kHugePage) return nullptr;
+  const size_t len = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* raw = ::mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const auto base = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (base + kHugePage - 1) & ~(uintptr_t{kHugePage} - 1);
+  // Trim the unaligned head and the tail beyond `len`.
+  if (aligned > base) ::munmap(raw, aligned - base);
+  const size_t tail = (base + len + kHugePage) - (aligned + len);
+  if (tail > 0) ::munmap(reinterpret_cast<void*>(aligned + len), tail);
+  auto* p = reinterpret_cast<std::byte*>(aligned);
+  if (::madvise(p, len, MADV_HUGEPAGE) != 0) {  // a kernel without THP: plain pages
+    huge_pages_state().store(false, std::memory_order_relaxed);
+  } else {
+    // Take the first fault here and time it: a stall means memory is too
+    // fragmented for huge pages to pay; stop asking for them.
+    const auto t0 = std::chrono::steady_clock::now();
+    *reinterpret_cast<volatile unsigned char*>(p) = 0;
+    if (std::chrono::steady_clock::now() - t0 > kStall) {
+      huge_pages_state().store(false, std::memory_order_relaxed);
+      ::madvise(p, len, MADV_NOHUGEPAGE);
+    }
+  }
+  *mapped_len = len;
+  return p;
+}
+
+}  // namespace
+
+bool Storage::huge_pages_active() noexcept { return huge_pages_state().load(std::memory_order_relaxed); }
+
+Storage Storage::allocate(size_t nbytes, HugePages huge) {
   auto impl = std::make_shared<Impl>();
+  if (huge == HugePages::on && nbytes >= kHugePageThreshold && huge_pages_active()) {
+    size_t len = 0;
+    if (std::byte* p = map_huge(nbytes, &len)) {
+      impl->data = p;
+      impl->mapped_len = len;
+      impl->owns_memory = true;
+      impl->nbytes = nbytes;
+      return Storage(std::move(impl));
+    }
+  }
   // aligned_alloc wants a size that is a multiple of the alignment, and a
   // non-null pointer for zero bytes keeps data() meaningful.
   size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;

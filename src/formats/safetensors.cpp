@@ -618,7 +618,7 @@ std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAcc
 
 std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAccessFile& file,
                                                              SafetensorsHeader header, bool mmap,
-                                                             const std::string& device) {
+                                                             const std::string& device, Storage::HugePages huge) {
   const std::byte* memory = mmap ? file.memory() : nullptr;
   std::shared_ptr<const void> keepalive = memory ? file.keepalive() : nullptr;
   std::vector<std::pair<std::string, Tensor>> out;
@@ -634,7 +634,7 @@ std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAcc
       // copied once either way, and tensors keep independent lifetimes (no
       // false sharing when they are saved again, nothing pinned by a
       // tensor the caller dropped).
-      storage = Storage::allocate(nbytes);
+      storage = Storage::allocate(nbytes, huge);
       if (nbytes > 0) {
         if (src)
           std::memcpy(storage.mutable_data(), src, nbytes);
@@ -656,7 +656,8 @@ Value load_safetensors(const std::shared_ptr<io::RandomAccessFile>& file, const 
   std::string tree;
   for (const auto& [key, text] : header.metadata)
     if (key == kTreeMetadataKey) tree = text;
-  auto tensors = read_safetensors(*file, std::move(header), options.mmap, options.map_location.apply("cpu"));
+  auto tensors = read_safetensors(*file, std::move(header), options.mmap, options.map_location.apply("cpu"),
+                                  huge_pages(options));
   if (!tree.empty()) {
     try {
       return decode_tree(tree, tensors, options);

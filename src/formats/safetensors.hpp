@@ -80,7 +80,8 @@ std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAcc
 // The same from a header already read (and consumed).
 std::vector<std::pair<std::string, Tensor>> read_safetensors(const io::RandomAccessFile& file,
                                                              SafetensorsHeader header, bool mmap,
-                                                             const std::string& device = "cpu");
+                                                             const std::string& device = "cpu",
+                                                             Storage::HugePages huge = Storage::HugePages::on);
 
 // ckpt::load()'s view: a plain dict name -> Tensor in data order, with
 // options.mmap and options.map_location applied (saved device: "cpu").

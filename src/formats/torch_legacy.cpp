@@ -106,7 +106,7 @@ Value load_multi_pickle(const io::RandomAccessFile& f, std::span<const std::byte
         throw FormatError("storages declare " + std::to_string(claimed) + " bytes but the file has " +
                               std::to_string(file_size),
                           where);
-      it = roots.emplace(key, PendingStorage{Storage::allocate(nbytes), dtype}).first;
+      it = roots.emplace(key, PendingStorage{Storage::allocate(nbytes, huge_pages(options)), dtype}).first;
     } else if (it->second.dtype != dtype) {
       throw FormatError("storage '" + key + "' is used as " + std::string(name(it->second.dtype)) + " and " +
                             std::string(name(dtype)),

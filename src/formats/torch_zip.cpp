@@ -119,7 +119,7 @@ class StorageLoader {
   static constexpr size_t kSlabMaxRecord = size_t{64} << 10;
   Storage read_storage(const zip::Entry& e) {
     const uint64_t n = e.uncompressed_size;
-    if (e.method != 0 || n > kSlabMaxRecord) return zip_.read(e);
+    if (e.method != 0 || n > kSlabMaxRecord) return zip_.read(e, huge_pages(options_));
     const size_t size = static_cast<size_t>(n);
     const size_t offset = (slab_used_ + Storage::kAlignment - 1) / Storage::kAlignment * Storage::kAlignment;
     if (!slab_ || offset + size > slab_.nbytes()) {
