@@ -89,6 +89,23 @@ class Reader {
   Tensor copy(std::string_view name) const;
   // All tensors as views (or copies), in tensors() order.
   StateDict state_dict(bool copy = false) const;
+
+  // Loading into memory that already exists (a model's parameters, a
+  // caller's buffers wrapped with Storage::external): writes tensor `name`
+  // into `dst`, whose shape must equal the tensor's (ckpt::TypeError naming
+  // both otherwise; ckpt::Error when dst is read-only). When the dtypes are
+  // equal, both sides are contiguous and the bytes lie in the file as they
+  // are (file_offset >= 0), they are read from the file straight into dst's
+  // memory — positioned reads, parallel for large tensors, no intermediate
+  // buffer and no page of the mapping touched — and true is returned.
+  // Otherwise the tensor is converted (Tensor::to) and copied into dst's
+  // layout, and false is returned.
+  bool read_into(std::string_view name, const Tensor& dst) const;
+  // The same for every tensor of `dst` (by name; every name must be in the
+  // file: ckpt::TypeError listing the missing ones, before anything is
+  // written). Tensors of the file that `dst` lacks are left alone. Returns
+  // how many went the direct way.
+  size_t read_into(const StateDict& dst) const;
   // safetensors `__metadata__`, or an index's "metadata" entries rendered as
   // strings (e.g. total_size); empty for torch files.
   const std::map<std::string, std::string>& metadata() const;

@@ -2,6 +2,7 @@
 #include "ckpt/open.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <unordered_map>
 
@@ -192,6 +193,74 @@ size_t position(const Reader::Impl& impl, std::string_view name) {
 const TensorInfo& Reader::info(std::string_view name) const { return impl_->infos[position(*impl_, name)]; }
 Tensor Reader::get(std::string_view name) const { return impl_->tensors[position(*impl_, name)]; }
 Tensor Reader::copy(std::string_view name) const { return impl_->tensors[position(*impl_, name)].clone(); }
+
+namespace {
+
+// Writes the contiguous bytes `src` (dst's dtype, row-major) into dst's
+// strided layout, one element at a time.
+void scatter_strided(std::span<const std::byte> src, const Tensor& dst) {
+  const size_t item = dst.itemsize();
+  const auto& sizes = dst.sizes();
+  const auto& strides = dst.strides();
+  std::byte* base = dst.mutable_data();
+  std::vector<int64_t> idx(sizes.size(), 0);
+  for (size_t done = 0; done * item < src.size(); ++done) {
+    int64_t off = 0;
+    for (size_t d = 0; d < idx.size(); ++d) off += idx[d] * strides[d];
+    std::memcpy(base + off * static_cast<int64_t>(item), src.data() + done * item, item);
+    for (size_t d = idx.size(); d-- > 0;) {
+      if (++idx[d] < sizes[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+bool read_one_into(const Reader& r, const TensorInfo& info, const Tensor& dst,
+                   std::unordered_map<std::string, std::shared_ptr<io::RandomAccessFile>>& files) {
+  if (dst.sizes() != info.shape)
+    throw TypeError("read_into: tensor '" + info.name + "' has shape " + format_shape(info.shape) +
+                    " in the file but " + format_shape(dst.sizes()) + " in the destination");
+  if (dst.numel() == 0) return info.dtype == dst.dtype();
+  std::byte* out = dst.mutable_data();  // throws for read-only destinations
+  if (info.dtype == dst.dtype() && info.contiguous && dst.is_contiguous() && info.file_offset >= 0 &&
+      !dst.quantization()) {
+    auto& f = files[info.file];
+    if (!f) f = io::open_file(info.file);
+    io::read_at_parallel(*f, static_cast<uint64_t>(info.file_offset), {out, info.nbytes});
+    return true;
+  }
+  Tensor src = r.get(info.name);
+  if (src.dtype() != dst.dtype()) src = src.to(dst.dtype());
+  if (dst.is_contiguous()) {
+    if (src.is_contiguous()) {
+      std::memcpy(out, src.data(), dst.nbytes());
+    } else {
+      std::vector<std::byte> bytes = src.contiguous_bytes();
+      std::memcpy(out, bytes.data(), bytes.size());
+    }
+  } else {
+    scatter_strided(src.contiguous_bytes(), dst);
+  }
+  return false;
+}
+
+}  // namespace
+
+bool Reader::read_into(std::string_view name, const Tensor& dst) const {
+  std::unordered_map<std::string, std::shared_ptr<io::RandomAccessFile>> files;
+  return read_one_into(*this, info(name), dst, files);
+}
+
+size_t Reader::read_into(const StateDict& dst) const {
+  std::string missing;
+  for (const auto& [name, t] : dst)
+    if (!contains(name)) missing += (missing.empty() ? "'" : ", '") + name + "'";
+  if (!missing.empty()) throw TypeError("read_into: " + impl_->path + " lacks " + missing);
+  std::unordered_map<std::string, std::shared_ptr<io::RandomAccessFile>> files;
+  size_t direct = 0;
+  for (const auto& [name, t] : dst) direct += read_one_into(*this, info(name), t, files) ? 1 : 0;
+  return direct;
+}
 
 StateDict Reader::state_dict(bool copy) const {
   StateDict sd;

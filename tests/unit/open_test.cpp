@@ -312,3 +312,90 @@ TEST(RemoveShared, KeepsTheFirstNameOfTiedWeightsAndCopiesOverlaps) {
   EXPECT_NE(sd.at("row").storage(), w.storage());
   EXPECT_NO_THROW(save_safetensors_to_buffer(sd));
 }
+
+// ---- Reader::read_into: loading into memory that already exists ---------------------
+
+namespace {
+
+// A destination whose bytes live in a caller's buffer (as a model's parameter would).
+Tensor external_tensor(std::vector<std::byte>& buf, DType dtype, std::vector<int64_t> sizes,
+                       std::vector<int64_t> strides = {}) {
+  if (strides.empty()) strides = Tensor::contiguous_strides(sizes);
+  return Tensor(Storage::external(buf.data(), buf.size(), nullptr), dtype, std::move(sizes), std::move(strides), 0);
+}
+
+}  // namespace
+
+TEST(ReadInto, DirectReadsIntoCallerMemoryForEveryFormat) {
+  TempDir dir;
+  StateDict sd = sample_state_dict(3, 3000);
+  sd.set("big", iota(DType::float16, {1024, 1024}, 1));  // 2 MiB: the parallel read path
+  for (const std::string name : {"m.pt", "m.safetensors"}) {
+    const std::string path = dir / name;
+    if (name.ends_with(".pt")) save_state_dict(path, sd);
+    else save_safetensors(path, sd);
+    Reader r = open(path);
+    StateDict dst;
+    std::vector<std::vector<std::byte>> bufs;
+    bufs.reserve(sd.size());
+    for (const auto& [key, t] : sd) {
+      bufs.emplace_back(t.nbytes(), std::byte{0xee});
+      dst.set(key, external_tensor(bufs.back(), t.dtype(), t.sizes()));
+    }
+    EXPECT_EQ(r.read_into(dst), sd.size()) << name;
+    for (const auto& [key, t] : sd) EXPECT_TRUE(dst.at(key).equal(t)) << name << " " << key;
+    // The destination's memory is the caller's, not a copy.
+    EXPECT_EQ(dst.at("big").data(), bufs.back().data());
+  }
+}
+
+TEST(ReadInto, ConvertsDtypeAndFillsStridedDestinations) {
+  TempDir dir;
+  StateDict sd;
+  sd.set("w", iota(DType::float32, {3, 4}));
+  const std::string path = dir / "m.pt";
+  save_state_dict(path, sd);
+  Reader r = open(path);
+
+  std::vector<std::byte> wide(12 * sizeof(double));
+  Tensor as_double = external_tensor(wide, DType::float64, {3, 4});
+  EXPECT_FALSE(r.read_into("w", as_double));
+  EXPECT_TRUE(as_double.to(DType::float32).equal(sd.at("w")));
+
+  // A transposed destination: dst[i][j] lives at i + 3 * j.
+  std::vector<std::byte> tbuf(12 * sizeof(float));
+  Tensor transposed = external_tensor(tbuf, DType::float32, {3, 4}, {1, 3});
+  EXPECT_FALSE(r.read_into("w", transposed));
+  EXPECT_TRUE(transposed.equal(sd.at("w")));
+  const auto* raw = reinterpret_cast<const float*>(tbuf.data());
+  EXPECT_EQ(raw[1], 2.0f);  // element [1][0] = 4 * 0.5
+}
+
+TEST(ReadInto, RefusesMismatchesBeforeWriting) {
+  TempDir dir;
+  StateDict sd = sample_state_dict(2, 8);
+  const std::string path = dir / "m.pt";
+  save_state_dict(path, sd);
+  Reader r = open(path);
+
+  std::vector<std::byte> buf(9 * sizeof(float), std::byte{0x11});
+  Tensor wrong_shape = external_tensor(buf, DType::float32, {9});
+  try {
+    r.read_into("layer0.weight", wrong_shape);
+    FAIL() << "a shape mismatch was accepted";
+  } catch (const TypeError& e) {
+    EXPECT_NE(std::string(e.what()).find("layer0.weight"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[9]"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(buf[0], std::byte{0x11});
+
+  StateDict dst;
+  std::vector<std::byte> b0(8 * sizeof(float), std::byte{0x22});
+  dst.set("layer0.weight", external_tensor(b0, DType::float32, {8}));
+  dst.set("not.there", external_tensor(b0, DType::float32, {8}));
+  EXPECT_THROW(r.read_into(dst), TypeError);
+  EXPECT_EQ(b0[0], std::byte{0x22});  // nothing written when a name is missing
+
+  Tensor read_only = r.get("layer1.weight");  // a view into the mapping
+  EXPECT_THROW(r.read_into("layer0.weight", read_only), Error);
+}
