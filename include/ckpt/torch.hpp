@@ -103,7 +103,11 @@ struct LoadStateDictOptions {
   // Empty: no filter.
   std::string only;
   std::string exclude;
-  // Used when reading a file (see ckpt::LoadOptions).
+  // Used when reading a file (see ckpt::LoadOptions). Loading from a path
+  // always maps the file and copies each tensor once, from the mapping into
+  // its parameter (dtype and layout converted in the same pass): no
+  // intermediate buffer. `mmap` is kept for source compatibility; it no
+  // longer changes anything.
   MapLocation map_location;
   bool mmap = false;
 };

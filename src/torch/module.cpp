@@ -248,6 +248,21 @@ std::string format_incompatible_keys(std::string_view module_name, const Incompa
   return s;
 }
 
+namespace {
+
+// A CPU torch view of `tensor`'s bytes that neither copies nor owns them:
+// valid while `tensor` lives, and only ever read (it may view a read-only
+// memory map).
+::torch::Tensor borrow_torch(const ckpt::Tensor& tensor) {
+  const Storage& storage = tensor.storage();
+  const int64_t elems = static_cast<int64_t>(storage.nbytes() / tensor.itemsize());
+  auto whole = ::torch::from_blob(const_cast<std::byte*>(storage.data()), {elems},
+                                  ::torch::TensorOptions().dtype(to_scalar_type(tensor.dtype())));
+  return whole.as_strided(tensor.sizes(), tensor.strides(), tensor.storage_offset());
+}
+
+}  // namespace
+
 IncompatibleKeys load_state_dict(::torch::nn::Module& module, const StateDict& source,
                                  const LoadStateDictOptions& options) {
   std::optional<std::regex> only, exclude;
@@ -303,7 +318,13 @@ IncompatibleKeys load_state_dict(::torch::nn::Module& module, const StateDict& s
   }
   ::torch::NoGradGuard no_grad;
   for (auto& [target, src] : copies) {
-    target.copy_(to_torch(*src, {.use_device = false}));
+    // One copy, from the source's bytes (a memory map when loading from a
+    // path) straight into the parameter, converting dtype and layout in the
+    // same pass; quantized sources go through to_torch.
+    if (src->quantization() == nullptr && src->storage().nbytes() > 0)
+      target.copy_(borrow_torch(*src));
+    else
+      target.copy_(to_torch(*src, {.use_device = false}));
   }
   return result;
 }
@@ -318,9 +339,12 @@ IncompatibleKeys load_state_dict(::torch::nn::Module& module, const Value& sourc
 
 IncompatibleKeys load_state_dict(::torch::nn::Module& module, const std::string& path,
                                  const LoadStateDictOptions& options) {
+  // The file is mapped, not read: every tensor is a view into the mapping
+  // (where its record is aligned) and is copied once, straight into its
+  // parameter. No intermediate buffer is allocated or faulted.
   LoadOptions lo;
   lo.map_location = options.map_location;
-  lo.mmap = options.mmap;
+  lo.mmap = true;
   lo.key = options.key;
   StateDict sd = ckpt::load_state_dict(path, lo);
   LoadStateDictOptions rest = options;

@@ -257,6 +257,31 @@ TEST(TorchModule, FileRoundTripWithKey) {
   EXPECT_NE(msg.find("state_dict"), std::string::npos) << msg;
 }
 
+TEST(TorchModule, LoadFromPathWritesIntoTheExistingParameters) {
+  TempDir dir;
+  // The file: the weight saved transposed (a non-contiguous view of its
+  // storage), the bias as float64 while the model holds float32.
+  ckpt::Tensor wt = arange_f32({3, 2});  // Linear(3, 2).weight is [2, 3]
+  ckpt::Tensor weight(wt.storage(), ckpt::DType::float32, {2, 3}, {1, 2}, 0);
+  ckpt::Tensor bias = arange_f32({2}).to(ckpt::DType::float64);
+  ckpt::StateDict sd;
+  sd.set("weight", weight);
+  sd.set("bias", bias);
+  ckpt::save_state_dict(dir.file("sd.pt"), sd);
+
+  torch::nn::Linear lin(3, 2);
+  const void* weight_memory = lin->weight.data_ptr();
+  const void* bias_memory = lin->bias.data_ptr();
+  EXPECT_TRUE(ct::load_state_dict(*lin, dir.file("sd.pt")).empty());
+  // The parameters keep their memory: the file was copied into it.
+  EXPECT_EQ(lin->weight.data_ptr(), weight_memory);
+  EXPECT_EQ(lin->bias.data_ptr(), bias_memory);
+  EXPECT_EQ(lin->bias.scalar_type(), torch::kFloat32);
+  auto expect_w = torch::arange(6, torch::kFloat32).reshape({3, 2}).t();
+  EXPECT_TRUE(torch::equal(lin->weight, expect_w)) << lin->weight;
+  EXPECT_TRUE(torch::equal(lin->bias, torch::arange(2, torch::kFloat32))) << lin->bias;
+}
+
 // ---- optimizers ---------------------------------------------------------------
 
 namespace {
