@@ -12,6 +12,7 @@
 #include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
+#include "formats/onnx.hpp"
 #include "formats/safetensors.hpp"
 #include "formats/torch_legacy.hpp"
 #include "formats/torch_zip.hpp"
@@ -462,6 +463,12 @@ class Scanner {
         return;
       case Format::safetensors:
         guarded([&] { (void)formats::read_safetensors_header(*file_); });
+        return;
+      case Format::onnx:  // protobuf, no code: only its structure is checked
+        guarded([&] {
+          auto mem = memory();
+          (void)formats::parse_onnx({mem->memory(), static_cast<size_t>(mem->size())}, file_->name());
+        });
         return;
       default: break;
     }
