@@ -310,8 +310,8 @@ void register_convert(CLI::App& app, int* exit_code) {
                   "Output file (written atomically), or a directory for a sharded set (with --max-shard-size) or --to dcp")
       ->required();
   cmd->add_option("--to", args->to,
-                  "Output format: torch, safetensors, or dcp (a torch.distributed.checkpoint directory) (default: safetensors for "
-                  "*.safetensors and directories)");
+                  "Output format: torch, safetensors, dcp (a torch.distributed.checkpoint directory), or onnx (with --template) "
+                  "(default: safetensors for *.safetensors and directories, onnx for *.onnx)");
   cmd->add_option("--key", args->key, "Convert only this '/'-separated path inside the checkpoint (e.g. model)");
   cmd->add_option("--rename", args->rename,
                   "REGEX=REPLACEMENT applied to every tensor name (repeatable; e.g. '^module\\.=' strips DDP prefixes)");
