@@ -464,11 +464,8 @@ class Scanner {
       case Format::safetensors:
         guarded([&] { (void)formats::read_safetensors_header(*file_); });
         return;
-      case Format::onnx:  // protobuf, no code: only its structure is checked
-        guarded([&] {
-          auto mem = memory();
-          (void)formats::parse_onnx({mem->memory(), static_cast<size_t>(mem->size())}, file_->name());
-        });
+      case Format::onnx:  // protobuf, no code: read as the loader does (external data paths checked)
+        guarded([&] { (void)formats::load_onnx(file_, lo); });
         return;
       default: break;
     }
