@@ -11,7 +11,8 @@ and with every initializer moved to the typed fields (float_data, int32_data,
 int64_data, ... as onnx.helper.make_tensor(raw=False) writes them):
   1. `ckpt ls --json --digest` lists every initializer of the main graph in graph
      order with the dtype, shape and sha256 of onnx.numpy_helper.to_array.
-  2. `ckpt convert model.onnx out.safetensors` holds the same arrays.
+  2. `ckpt convert model.onnx out.safetensors|out.pt` holds the same arrays
+     (safetensors.numpy, torch.load(weights_only=True)).
   3. `ckpt diff model.pt model.onnx` exits 0, and 1 once one weight differs.
   4. `ckpt convert new.pt out.onnx --template model.onnx` writes a model that
      onnx.checker accepts, whose graph (nodes, inputs, outputs, opsets) equals the
@@ -162,6 +163,12 @@ def check_listing(ckpt, path, tag):
     st = load_file(out)
     for n, a in expected:
         check(n in st and st[n].dtype == a.dtype and np.array_equal(st[n], a), f"{tag}: convert to safetensors: {n}")
+    out_pt = path + ".pt"
+    run(ckpt, "convert", path, out_pt)
+    sd = torch.load(out_pt, weights_only=True)
+    check(list(sd) == [n for n, _ in expected], f"{tag}: convert to .pt: names")
+    for n, a in expected:
+        check(n in sd and np.array_equal(sd[n].numpy(), a), f"{tag}: convert to .pt: {n}")
     run(ckpt, "info", path)
 
 
