@@ -7,6 +7,7 @@
 #include "ckpt/inspect.hpp"
 #include "ckpt/load.hpp"
 #include "ckpt/manager.hpp"
+#include "ckpt/onnx.hpp"
 #include "ckpt/open.hpp"
 #include "ckpt/safetensors.hpp"
 #include "ckpt/save.hpp"

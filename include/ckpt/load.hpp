@@ -32,6 +32,7 @@ enum class Format {
   torchscript,   // torch.jit.save / LibTorch torch::save archives
   safetensors,
   dcp,           // a torch.distributed.checkpoint directory (ckpt/distributed.hpp)
+  onnx,          // an ONNX model: its main graph's initializers (ckpt/onnx.hpp)
 };
 std::string_view format_name(Format f) noexcept;
 

@@ -16,7 +16,8 @@
 // Accepted paths:
 //  - a single checkpoint in any format ckpt reads (torch zip, TorchScript,
 //    legacy and tar — whose data are read at open, as their layout puts the
-//    object tree before the bytes —, safetensors);
+//    object tree before the bytes —, safetensors, ONNX models: the main
+//    graph's initializers, external data mapped too);
 //  - a Hugging Face sharded set: its index file
 //    (`model.safetensors.index.json`, `pytorch_model.bin.index.json`), or a
 //    directory holding exactly one such index or exactly one checkpoint file
@@ -52,8 +53,10 @@ struct TensorInfo {
   std::string file;              // the file holding the bytes (the shard, for sets)
   // Byte offset in `file` of the tensor's first element (element
   // storage_offset of its storage), when the bytes lie in the file as
-  // they are (safetensors, torch zip, TorchScript); -1 when the reader had
-  // to copy them at open (legacy and tar files, deflated zip records).
+  // they are (safetensors, torch zip, TorchScript, ONNX raw_data); -1 when
+  // the reader had to copy them at open (legacy and tar files, deflated zip
+  // records, ONNX typed fields or unaligned raw_data) and for ONNX external
+  // data (its bytes lie in the external file, not in `file`).
   int64_t file_offset = -1;
   uint64_t nbytes = 0;  // numel * itemsize
   bool contiguous = true;

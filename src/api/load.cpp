@@ -12,6 +12,7 @@
 #include <filesystem>
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
+#include "formats/onnx.hpp"
 #include "formats/safetensors.hpp"
 #include "formats/torch_legacy.hpp"
 #include "formats/torch_zip.hpp"
@@ -27,6 +28,7 @@ std::string_view format_name(Format f) noexcept {
     case Format::torchscript: return "torchscript";
     case Format::safetensors: return "safetensors";
     case Format::dcp: return "dcp";
+    case Format::onnx: return "onnx";
     case Format::unknown: break;
   }
   return "unknown";
@@ -74,6 +76,8 @@ Format detect_prefix(std::span<const std::byte> b) {
     std::memcpy(&n, b.data(), 8);  // little-endian hosts only (static_assert elsewhere)
     if (n >= 2) return Format::safetensors;
   }
+  // ONNX: a protobuf ModelProto, recognised by its leading fields.
+  if (formats::looks_like_onnx(b)) return Format::onnx;
   return Format::unknown;
 }
 
@@ -185,6 +189,8 @@ Value load_file_once(const std::shared_ptr<io::RandomAccessFile>& file, const Lo
         return formats::load_torch_tar(file, options, observer);
       case Format::safetensors:
         return formats::load_safetensors(file, options);
+      case Format::onnx:
+        return formats::load_onnx(file, options);
       case Format::dcp:  // never detected from a single file's prefix
       case Format::unknown: break;
     }

@@ -12,6 +12,7 @@
 #include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
+#include "formats/onnx.hpp"
 #include "formats/safetensors.hpp"
 #include "formats/torch_legacy.hpp"
 #include "formats/torch_zip.hpp"
@@ -462,6 +463,9 @@ class Scanner {
         return;
       case Format::safetensors:
         guarded([&] { (void)formats::read_safetensors_header(*file_); });
+        return;
+      case Format::onnx:  // protobuf, no code: read as the loader does (external data paths checked)
+        guarded([&] { (void)formats::load_onnx(file_, lo); });
         return;
       default: break;
     }

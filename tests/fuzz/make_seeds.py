@@ -21,10 +21,11 @@ import io
 import os
 import pickletools
 import shutil
+import struct
 import tarfile
 import zipfile
 
-TARGETS = ["unpickler", "zip", "torch_zip", "legacy", "torchscript", "safetensors", "dcp_metadata"]
+TARGETS = ["unpickler", "zip", "torch_zip", "legacy", "torchscript", "safetensors", "dcp_metadata", "onnx"]
 LEGACY_MAGIC = bytes([0x80, 0x02, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19])
 
 
@@ -43,6 +44,43 @@ def detect(data):
     if len(data) >= 9 and data[8:9] == b"{":
         return "safetensors"
     return None
+
+
+def _varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _field(number, payload):
+    if isinstance(payload, int):
+        return _varint(number << 3) + _varint(payload)
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def onnx_seeds():
+    """Small ModelProtos (no onnx package needed): raw_data, each typed field, external data."""
+    def tensor(name, dtype, dims, data):
+        return b"".join(_field(1, d) for d in dims) + _field(2, dtype) + _field(8, name.encode()) + data
+
+    def model(tensors):
+        graph = _field(1, _field(1, b"x") + _field(2, b"y") + _field(4, b"Identity")) + _field(2, b"g")
+        graph += b"".join(_field(5, t) for t in tensors)
+        return _field(1, 8) + _field(2, b"seed") + _field(7, graph) + _field(8, _field(2, 17))
+
+    f32 = struct.pack("<3f", 1.0, -2.0, 0.5)
+    ext = _field(13, _field(1, b"location") + _field(2, b"w.bin")) + _field(13, _field(1, b"offset") + _field(2, b"0"))
+    return {
+        "raw.onnx": model([tensor("w", 1, [3], _field(9, f32)), tensor("b", 7, [1, 1], _field(9, struct.pack("<q", -4)))]),
+        "float_data.onnx": model([tensor("w", 1, [3], _field(4, f32))]),
+        "int32_fp16.onnx": model([tensor("h", 10, [2], _field(5, _varint(0x3C00) + _varint(0xC000)))]),
+        "int64_double.onnx": model([tensor("i", 7, [2], _field(7, _varint(3) + _varint(2**64 - 3))),
+                                    tensor("d", 11, [1], _field(10, struct.pack("<d", 2.5)))]),
+        "external.onnx": model([tensor("e", 1, [3], ext + _field(14, 1))]),
+    }
 
 
 def split_pickles(data):
@@ -121,6 +159,9 @@ def main():
             for t in ("dcp_metadata", "unpickler"):
                 put(t, base, data)
                 counts[t] += 1
+    for name, data in onnx_seeds().items():
+        put("onnx", name, data)
+        counts["onnx"] += 1
     print("seeds: " + ", ".join(f"{t} {counts[t]}" for t in TARGETS))
 
 

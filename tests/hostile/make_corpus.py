@@ -411,6 +411,42 @@ def build():
         "absurd-count", "damaged")
     # a zip whose end record claims 2^32-1 entries
     add("absurd_zip_entry_count.pt", absurd_entry_count(good), "absurd-count", "damaged")
+    onnx_models()
+
+
+def _pb_varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _pb(number, payload):
+    if isinstance(payload, int):
+        return _pb_varint(number << 3) + _pb_varint(payload)
+    return _pb_varint((number << 3) | 2) + _pb_varint(len(payload)) + payload
+
+
+def _onnx_model(tensor_fields, graph=None):
+    g = graph if graph is not None else _pb(2, b"g") + _pb(5, tensor_fields)
+    return _pb(1, 8) + _pb(2, b"hostile") + _pb(7, g) + _pb(8, _pb(2, 17))
+
+
+def onnx_models():
+    """ONNX models: external data that reads files outside the model's folder, absurd sizes."""
+    def ext(location):
+        return (_pb(1, 4) + _pb(2, 1) + _pb(8, b"w") + _pb(13, _pb(1, b"location") + _pb(2, location)) +
+                _pb(14, 1))
+    add("onnx_external_traversal.onnx", _onnx_model(ext(b"../../../../../../etc/passwd")), "path-traversal", "damaged")
+    add("onnx_external_absolute.onnx", _onnx_model(ext(b"/etc/passwd")), "path-traversal", "damaged")
+    add("onnx_absurd_length.onnx", _pb(1, 8) + _pb(2, b"h") + _pb_varint((7 << 3) | 2) + _pb_varint(1 << 62) + b"\0" * 8,
+        "absurd-count", "damaged")
+    add("onnx_absurd_dims.onnx",
+        _onnx_model(_pb(1, 1 << 40) + _pb(1, 1 << 40) + _pb(2, 1) + _pb(8, b"w") + _pb(9, b"\0" * 16)),
+        "absurd-count", "damaged")
+    add("onnx_overlong_varint.onnx", _pb(1, 8) + _pb(2, b"h") + b"\x3a" + b"\xff" * 11, "absurd-count", "damaged")
 
 
 def local_headers(data):

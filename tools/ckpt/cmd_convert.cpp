@@ -14,6 +14,7 @@
 #include "ckpt/distributed.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
+#include "ckpt/onnx.hpp"
 #include "ckpt/open.hpp"
 #include "ckpt/safetensors.hpp"
 #include "ckpt/save.hpp"
@@ -35,6 +36,7 @@ struct ConvertArgs {
   std::vector<std::string> exclude;  // REGEX
   std::string dtype;
   std::string max_shard_size;
+  std::string onnx_template;  // --template: an exported .onnx whose weights are refreshed
 };
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -183,12 +185,38 @@ StateDict transform(const StateDict& in, const ConvertArgs& a, std::optional<DTy
   return out;
 }
 
+// convert NEW OUT.onnx --template MODEL.onnx: the template with its
+// initializers' data replaced by the state dict's tensors of the same names.
+int run_refresh_onnx(const ConvertArgs& a, const StateDict& sd, const std::string& from) {
+  if (!a.max_shard_size.empty()) throw Error("--max-shard-size does not apply to ONNX output");
+  OnnxRefreshResult r = refresh_onnx_weights(a.onnx_template, sd, a.out);
+  if (r.replaced.empty())
+    std::fprintf(stderr, "ckpt: warning: no initializer of %s is named like a tensor of %s; the weights are unchanged\n",
+                 a.onnx_template.c_str(), a.in.c_str());
+  if (!r.unused.empty()) {
+    std::string list;
+    for (size_t i = 0; i < r.unused.size() && i < 8; ++i) list += (i ? ", " : "") + r.unused[i];
+    if (r.unused.size() > 8) list += ", ...";
+    std::fprintf(stderr, "ckpt: note: %zu tensor(s) of %s name no initializer of the template: %s\n", r.unused.size(),
+                 a.in.c_str(), list.c_str());
+  }
+  std::string what;
+  for (size_t i = 0; i < r.written.size(); ++i) what += (i ? " + " : "") + r.written[i];
+  std::fprintf(stderr, "ckpt: wrote %s (onnx from %s; %zu initializer(s) replaced)\n", what.c_str(), from.c_str(),
+               r.replaced.size());
+  return kExitOk;
+}
+
 int run_convert(const ConvertArgs& a) {
+  const bool onnx_out = !a.onnx_template.empty() || a.to == "onnx" || ends_with(a.out, ".onnx");
+  if (onnx_out && a.onnx_template.empty())
+    throw Error("writing an ONNX model needs --template MODEL.onnx: the exported graph whose weights are replaced");
+  if (onnx_out && !a.to.empty() && a.to != "onnx") throw Error("--template writes ONNX; --to " + a.to + " contradicts it");
   const bool sharded_out = !a.max_shard_size.empty() || is_directory(a.out) || ends_with(a.out, "/");
-  std::string to = a.to;
+  std::string to = onnx_out ? "onnx" : a.to;
   if (to.empty()) to = ends_with(a.out, ".safetensors") || sharded_out ? "safetensors" : "torch";
-  if (to != "torch" && to != "safetensors" && to != "dcp")
-    throw Error("--to must be 'torch', 'safetensors' or 'dcp', not '" + to + "'");
+  if (to != "torch" && to != "safetensors" && to != "dcp" && to != "onnx")
+    throw Error("--to must be 'torch', 'safetensors', 'dcp' or 'onnx' (with --template), not '" + to + "'");
   if (to == "dcp" && !a.max_shard_size.empty())
     throw Error("--max-shard-size does not apply to --to dcp (one data file per rank)");
   std::optional<DType> dtype;
@@ -217,6 +245,10 @@ int run_convert(const ConvertArgs& a) {
     throw Error("--rename/--only/--exclude and sharded output work on a state dict, and " + a.in +
                 " holds a checkpoint tree; select the state dict with --key (e.g. --key model)");
   if (flat) sd = transform(sd, a, dtype);
+  if (onnx_out) {
+    if (!flat) throw Error("--template needs a state dict, and " + a.in + " holds a checkpoint tree; select it with --key");
+    return run_refresh_onnx(a, sd, from);
+  }
 
   // Carry a safetensors input's metadata where the output can hold it.
   std::map<std::string, std::string> metadata = {{"format", "pt"}};
@@ -278,8 +310,8 @@ void register_convert(CLI::App& app, int* exit_code) {
                   "Output file (written atomically), or a directory for a sharded set (with --max-shard-size) or --to dcp")
       ->required();
   cmd->add_option("--to", args->to,
-                  "Output format: torch, safetensors, or dcp (a torch.distributed.checkpoint directory) (default: safetensors for "
-                  "*.safetensors and directories)");
+                  "Output format: torch, safetensors, dcp (a torch.distributed.checkpoint directory), or onnx (with --template) "
+                  "(default: safetensors for *.safetensors and directories, onnx for *.onnx)");
   cmd->add_option("--key", args->key, "Convert only this '/'-separated path inside the checkpoint (e.g. model)");
   cmd->add_option("--rename", args->rename,
                   "REGEX=REPLACEMENT applied to every tensor name (repeatable; e.g. '^module\\.=' strips DDP prefixes)");
@@ -288,6 +320,9 @@ void register_convert(CLI::App& app, int* exit_code) {
   cmd->add_option("--dtype", args->dtype, "Cast floating tensors to bfloat16, float16, float32 or float64");
   cmd->add_option("--max-shard-size", args->max_shard_size,
                   "Write a Hugging Face sharded set into OUT (a directory) with shards of at most SIZE (e.g. 5GB)");
+  cmd->add_option("--template", args->onnx_template,
+                  "An exported ONNX model: OUT (.onnx) is this model with every initializer named like a tensor of IN "
+                  "replaced by it (same dtype and shape); external data goes to OUT.data");
   add_read_flags(cmd, args->read);
   cmd->callback([args, exit_code] { *exit_code = run_convert(*args); });
 }
