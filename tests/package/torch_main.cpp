@@ -1,5 +1,6 @@
 // The package check's ckpt::torch consumer (find_package(ckpt COMPONENTS torch)):
 // a LibTorch module's state dict through ckpt and back, public headers only.
+#include <ckpt/ckpt.hpp>
 #include <ckpt/torch.hpp>
 #include <torch/torch.h>
 
