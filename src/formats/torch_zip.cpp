@@ -25,8 +25,9 @@ const zip::Entry* record(const zip::ZipReader& zip, const std::string& prefix, c
   return zip.find(prefix + "/" + name);
 }
 
-// Resolves torch's persistent ids ('storage', type, key, location, numel)
-// to storages read from `<prefix>/data/<key>`, once per key.
+// Resolves torch's persistent ids ('storage', type, key, location, numel),
+// in TorchScript archives also the early ('storage', type, key, location,
+// numel, None), to storages read from `<prefix>/data/<key>`, once per key.
 class StorageLoader {
  public:
   StorageLoader(const zip::ZipReader& zip, const TorchZipInfo& info, const LoadOptions& options,
@@ -46,8 +47,19 @@ class StorageLoader {
     const List& t = pid.as_tuple();
     if (t.empty() || !t[0].is_string() || t[0].as_string() != "storage")
       throw fail("persistent id " + pid.repr() + " is not a storage reference");
-    if (t.size() != 5)
-      throw fail("storage persistent id has " + std::to_string(t.size()) + " fields, expected 5");
+    // torch.save (1.6+) and TorchScript write five fields; early TorchScript
+    // (torch ~1.2) wrote a sixth, the view metadata of the legacy format, always
+    // None there. torch.jit.load reads fields 0-4 by position and ignores any
+    // further one; torch.load unpacks exactly five. A non-None sixth field
+    // would make the tensor a view into its storage, which torch.jit.load would
+    // silently drop: refused rather than misread.
+    const size_t max_fields = info_.torchscript ? 6 : 5;
+    if (t.size() < 5 || t.size() > max_fields)
+      throw fail("storage persistent id has " + std::to_string(t.size()) + " fields, expected 5" +
+                 (info_.torchscript ? " or 6 ('storage', type, key, location, numel[, None])" : ""));
+    if (t.size() == 6 && !t[5].is_none())
+      throw fail("storage persistent id's sixth field (view metadata) is " + t[5].repr() +
+                 ", expected None: storage views in TorchScript archives are not supported");
     if (t[1].kind() != Value::Kind::Global)
       throw fail("storage type in persistent id is a " + std::string(t[1].kind_name()));
     const Global& type = t[1].as_global();

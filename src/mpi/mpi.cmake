@@ -13,3 +13,9 @@ target_link_libraries(ckpt_mpi PUBLIC ckpt MPI::MPI_CXX)
 target_compile_options(ckpt_mpi PRIVATE ${CKPT_WARNINGS})
 set_target_properties(ckpt_mpi PROPERTIES EXPORT_NAME mpi)
 message(STATUS "ckpt: building ckpt::mpi with MPI ${MPI_CXX_VERSION}")
+# Installed as the component `mpi` of the package: find_package(ckpt COMPONENTS mpi)
+# finds MPI again (cmake/ckptConfig.cmake.in) and loads ckptMpiTargets.cmake.
+install(TARGETS ckpt_mpi EXPORT ckptMpiTargets
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(EXPORT ckptMpiTargets NAMESPACE ckpt:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/ckpt)
+list(APPEND CKPT_INSTALLED_COMPONENTS mpi)

@@ -63,3 +63,11 @@ if(IS_DIRECTORY "${_nvidia}")
     target_link_options(ckpt_torch INTERFACE "LINKER:-rpath-link,${_nvlibs}")
   endif()
 endif()
+# Installed as the component `torch` of the package: find_package(ckpt COMPONENTS
+# torch) finds LibTorch again, first where this build found it (Torch_DIR, recorded
+# in the package config), and loads ckptTorchTargets.cmake.
+install(TARGETS ckpt_torch EXPORT ckptTorchTargets
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(EXPORT ckptTorchTargets NAMESPACE ckpt:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/ckpt)
+list(APPEND CKPT_INSTALLED_COMPONENTS torch)
+set(CKPT_TORCH_DIR "${Torch_DIR}")

@@ -86,6 +86,8 @@ std::vector<std::tuple<Fixture, bool>> all_fixtures() {
                           "checkpoint_legacy", "scripted"})
       for (bool mmap : {false, true}) out.emplace_back(Fixture{v, n}, mmap);
   for (bool mmap : {false, true}) out.emplace_back(Fixture{"torch113", "old_tar"}, mmap);
+  // Early TorchScript's 6-field persistent ids (tests/data/make_torchscript_pid6.py).
+  for (bool mmap : {false, true}) out.emplace_back(Fixture{"torch113", "scripted_pid6"}, mmap);
   return out;
 }
 
