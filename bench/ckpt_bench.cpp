@@ -7,6 +7,10 @@
 // ckpt operations (public API only):
 //   open FILE             ckpt::open + every tensor's info (no tensor byte read)
 //   load FILE             ckpt::load_state_dict: owned copies of every tensor
+//   load_small_pages FILE the same with LoadOptions::huge_pages = false (4 KiB pages)
+//   load_into FILE        ckpt::open + Reader::read_into a StateDict of existing, faulted-in
+//                         buffers (a model's parameters): the bytes go from the file straight
+//                         into them (the buffers are allocated once, before the reps)
 //   mmap FILE             ckpt::load_state_dict(mmap = true), then every byte read
 //   save FILE OUT [nofsync]        load FILE, then save_state_dict(OUT) per rep
 //   save_st FILE OUT      load FILE, then save_safetensors(OUT) per rep (always fsyncs)
@@ -157,9 +161,27 @@ int run(int argc, char** argv) {
       r.check = n;
       if (last) r.snapshot();
     });
-  } else if (op == "load" || op == "mmap") {
+  } else if (op == "load_into") {
+    ckpt::StateDict dst;
+    {
+      ckpt::Reader rd = ckpt::open(arg(0));
+      for (const auto& info : rd.tensors()) {
+        ckpt::Tensor t = ckpt::Tensor::empty(info.dtype, info.shape);
+        if (t.nbytes() > 0) std::memset(t.mutable_data(), 0, t.nbytes());  // faulted in, as parameters are
+        dst.set(info.name, t);
+      }
+    }
+    repeat(r, reps, before, [&](bool last) {
+      ckpt::Reader rd = ckpt::open(arg(0));
+      r.check = rd.read_into(dst);
+      r.tensors = dst.size();
+      r.bytes = dst.nbytes();
+      if (last) r.snapshot();
+    });
+  } else if (op == "load" || op == "mmap" || op == "load_small_pages") {
     ckpt::LoadOptions o;
     o.mmap = op == "mmap";
+    o.huge_pages = op != "load_small_pages";
     repeat(r, reps, before, [&](bool last) {
       ckpt::StateDict sd = ckpt::load_state_dict(arg(0), o);
       r.check = o.mmap ? touch_all(sd) : sd.size();

@@ -286,6 +286,10 @@ def run_all(b, sets, out_dir):
             pe("open/safe_open", "st_open", open_reps, [st], "open", "safetensors safe_open", st)
         # full load (copy)
         ck("load/ckpt.pt", ["load", pt], "load", "torch zip", pt)
+        ck("load/ckpt.pt.small_pages", ["load_small_pages", pt], "load", "torch zip", pt,
+           program="ckpt (torch zip), huge pages off")
+        ck("load/ckpt.pt.into", ["load_into", pt], "load into existing buffers", "torch zip", pt,
+           program="ckpt Reader::read_into (torch zip)")
         pe("load/torch.load", "torch_load", r, [pt], "load", "torch.load(weights_only=True)", pt)
         b.measure(f"{name}/load/libtorch.pickle_load", [b.peer_bin, "pickle_load", str(r), pt],
                   dict(m, scenario="load", program="LibTorch torch::pickle_load", file=pt), fresh=True)
