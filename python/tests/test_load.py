@@ -1,0 +1,170 @@
+"""ckpt.load against torch.load on every fixture the C++ interop tests use."""
+import collections
+import glob
+import json
+import os
+
+import pytest
+
+import ckpt
+from conftest import DATA, assert_same, needs_torch, sharing, torch, torch_reference
+
+pytestmark = needs_torch
+
+GEN_NAMES = [
+    "dtypes_all", "shapes", "views", "tied", "module_state_dict", "module_tied", "training_checkpoint",
+    "parameters", "buffer_saved", "prefix.with.dots", "protocol4", "protocol5", "many_tensors",
+    "unicode_keys", "list_root", "tensor_root", "misc_values", "no_tensors",
+]
+
+
+@pytest.mark.parametrize("name", GEN_NAMES)
+def test_generated_equals_torch(generated, name):
+    path = generated / f"{name}.pt"
+    ref, _ = torch_reference(path)
+    ours = ckpt.load(path)
+    assert_same(ours, ref)
+    assert sharing(ours) == sharing(ref)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_generated_mmap(generated, mmap):
+    path = generated / "views.pt"
+    ref = torch.load(path, weights_only=True)
+    ours = ckpt.load(str(path), mmap=mmap)
+    assert_same(ours, ref)
+    assert sharing(ours) == sharing(ref)
+    # writable like torch.load(mmap=True): a write changes this process's copy, not the file
+    before = path.read_bytes()
+    ours["base"].add_(1)
+    assert torch.equal(ours["base"], ref["base"] + 1)
+    assert ours["transposed"][0, 0] == ref["base"][0, 0] + 1  # shared storage sees it
+    assert path.read_bytes() == before
+
+
+def _valid_files():
+    out = []
+    for d in ("torch2", "torch113", "libtorch2", "libtorch113"):
+        for p in sorted(glob.glob(str(DATA / "valid" / d / "*.pt")) + glob.glob(str(DATA / "valid" / d / "*.ckpt"))):
+            out.append(pytest.param(p, id=f"{d}/{os.path.basename(p)}"))
+    return out
+
+
+@pytest.mark.parametrize("path", _valid_files())
+def test_checked_in_fixtures(path):
+    """Every file either loads equal to torch.load, or is refused by both as unsafe."""
+    try:
+        ours = ckpt.load(path)
+    except ckpt.UnsafeError:
+        with pytest.raises(Exception):
+            torch.load(path, weights_only=True)
+        # and it still loads inertly, executing nothing
+        inert = ckpt.load(path, weights_only=False)
+        assert inert is not None
+        return
+    except ckpt.UnsupportedError as e:
+        pytest.skip(f"not supported by the Python package: {e}")
+    ref, wo = torch_reference(path, map_location="cpu")
+    ours = ckpt.load(path, map_location="cpu")
+    assert_same(ours, ref, numpy_as_tensor=not wo)
+    assert sharing(ours) == sharing(ref)
+
+
+def test_legacy_and_torchscript_formats():
+    for name in ("checkpoint_legacy.pt", "net_state_dict_legacy.pt", "views_legacy.pt", "scripted.pt"):
+        path = DATA / "valid" / "torch2" / name
+        ours = ckpt.load(path, map_location="cpu")
+        assert walk_count(ours) > 0, name
+
+
+def walk_count(obj):
+    from conftest import walk
+
+    return len(walk(obj))
+
+
+def test_safetensors_equal_safetensors_library():
+    from safetensors.torch import load_file
+
+    files = sorted(glob.glob(str(DATA / "valid" / "safetensors" / "*.safetensors")))
+    assert files
+    for p in files:
+        ref = load_file(p)
+        ours = ckpt.load(p)
+        assert list(ours.keys()) == list(ref.keys()) or sorted(ours) == sorted(ref), p
+        for k in ref:
+            assert ours[k].dtype == ref[k].dtype and ours[k].shape == ref[k].shape, (p, k)
+            assert torch.equal(ours[k].view(torch.uint8) if ours[k].numel() else ours[k],
+                               ref[k].view(torch.uint8) if ref[k].numel() else ref[k]), (p, k)
+
+
+def test_map_location_forms(generated):
+    path = generated / "tied.pt"
+    ref = torch.load(path, weights_only=True)
+    for ml in ("cpu", torch.device("cpu"), {"cpu": "cpu"}, lambda s, loc: s, lambda s, loc: None):
+        ours = ckpt.load(path, map_location=ml)
+        assert_same(ours, ref)
+        assert sharing(ours) == sharing(ref)
+    with pytest.raises(TypeError):
+        ckpt.load(path, map_location=3)
+
+
+def test_cuda_locations_map_to_cpu():
+    path = DATA / "valid" / "torch2" / "cuda_locations.pt"
+    ref = torch.load(path, weights_only=True, map_location="cpu")
+    ours = ckpt.load(path, map_location={"cuda:0": "cpu", "cuda:1": "cpu"})
+    assert_same(ours, ref)
+    ours = ckpt.load(path, map_location=lambda s, loc: s)  # torch's idiom for "keep on CPU"
+    assert_same(ours, ref)
+
+
+def test_file_objects_and_bytes(generated):
+    path = generated / "training_checkpoint.pt"
+    ref = torch.load(path, weights_only=True)
+    with open(path, "rb") as f:
+        assert_same(ckpt.load(f), ref)
+    assert_same(ckpt.load(path.read_bytes()), ref)
+
+
+def test_numpy_values_load_without_unsafe_pickle():
+    path = DATA / "valid" / "torch2" / "numpy_zip.pt"
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)
+    ref = torch.load(path, weights_only=False)
+    ours = ckpt.load(path)
+    assert_same(ours, ref, numpy_as_tensor=True)
+
+
+def test_zero_copy_and_lifetime(generated):
+    """Tensors view ckpt's buffers (no copy) and keep them alive on their own."""
+    import gc
+
+    sd = ckpt.load(generated / "tied.pt")
+    a = sd["a"]
+    assert a.untyped_storage().data_ptr() == sd["b"].untyped_storage().data_ptr()
+    expected = a.clone()
+    del sd
+    gc.collect()
+    junk = [bytearray(1 << 16) for _ in range(64)]  # reuse freed memory if any was freed
+    assert torch.equal(a, expected)
+    del junk
+
+
+def test_weights_only_false_is_inert(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Evil(), "t": torch.ones(2)}, path)
+    with pytest.raises(ckpt.UnsafeError) as ei:
+        ckpt.load(path)
+    assert isinstance(ei.value, pickle.UnpicklingError)
+    assert "evil.pt" in str(ei.value) and ei.value.file and ei.value.record
+    out = ckpt.load(path, weights_only=False)
+    assert isinstance(out["x"], ckpt.Object)
+    assert out["x"].module in ("posix", "os") and out["x"].name == "system"
+    assert torch.equal(out["t"], torch.ones(2))
+    assert not (tmp_path / "pwned").exists()
