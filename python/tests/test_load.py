@@ -7,7 +7,7 @@ import os
 import pytest
 
 import ckpt
-from conftest import DATA, assert_same, needs_torch, sharing, torch, torch_reference
+from conftest import DATA, assert_same, tensor_bytes, needs_torch, sharing, torch, torch_reference
 
 pytestmark = needs_torch
 
@@ -54,7 +54,7 @@ def _valid_files():
 def test_checked_in_fixtures(path):
     """Every file either loads equal to torch.load, or is refused by both as unsafe."""
     try:
-        ours = ckpt.load(path)
+        ours = ckpt.load(path, map_location="cpu")
     except ckpt.UnsafeError:
         with pytest.raises(Exception):
             torch.load(path, weights_only=True)
@@ -64,8 +64,22 @@ def test_checked_in_fixtures(path):
         return
     except ckpt.UnsupportedError as e:
         pytest.skip(f"not supported by the Python package: {e}")
-    ref, wo = torch_reference(path, map_location="cpu")
-    ours = ckpt.load(path, map_location="cpu")
+    try:
+        ref, wo = torch_reference(path, map_location="cpu")
+    except Exception as e:
+        # torch 2.x cannot read it at all (torch 1.13's sparse CSR rebuild function is gone):
+        # ckpt still reads it, inertly
+        assert ours is not None, e
+        return
+    if isinstance(ref, torch.jit.ScriptModule):
+        # torch.load hands TorchScript archives to torch.jit.load; ckpt gives their tensors
+        sd = ref.state_dict()
+        theirs = {k: v for k, v in sd.items()}
+        mine = {k: v for k, v in ours.items() if k in theirs}
+        assert mine, f"no tensor of {path} matched the ScriptModule's state dict {list(theirs)}"
+        for k, v in mine.items():
+            assert torch.equal(v, theirs[k]), k
+        return
     assert_same(ours, ref, numpy_as_tensor=not wo)
     assert sharing(ours) == sharing(ref)
 
@@ -94,8 +108,8 @@ def test_safetensors_equal_safetensors_library():
         assert list(ours.keys()) == list(ref.keys()) or sorted(ours) == sorted(ref), p
         for k in ref:
             assert ours[k].dtype == ref[k].dtype and ours[k].shape == ref[k].shape, (p, k)
-            assert torch.equal(ours[k].view(torch.uint8) if ours[k].numel() else ours[k],
-                               ref[k].view(torch.uint8) if ref[k].numel() else ref[k]), (p, k)
+            assert ours[k].stride() == ref[k].stride(), (p, k)
+            assert tensor_bytes(ours[k]) == tensor_bytes(ref[k]), (p, k)
 
 
 def test_map_location_forms(generated):
