@@ -10,7 +10,7 @@ import importlib.util
 import sys
 
 from . import _ckpt
-from ._errors import UnsupportedError
+from ._errors import FormatError, UnsupportedError
 from ._objects import Global, Object
 
 _DTYPE_NAMES = _ckpt.dtype_names()
@@ -69,10 +69,38 @@ class TorchBuilder:
             s = getattr(s, "_untyped_storage", s)
         return s
 
+    def _sparse(self, layout, data):
+        torch = self._torch
+        try:
+            if layout == torch.sparse_coo:
+                indices, values, size = data[:3]
+                try:
+                    t = torch.sparse_coo_tensor(indices, values, size, check_invariants=True)
+                except TypeError:  # torch 1.13: no check_invariants
+                    t = torch.sparse_coo_tensor(indices, values, size)
+                    torch._validate_sparse_coo_tensor_args(indices, values, size)
+                if len(data) > 3 and data[3]:
+                    t = t._coalesced_(True)
+                return t
+            c, p, v, size = data[:4]
+            if not hasattr(torch, "sparse_compressed_tensor"):
+                return torch.sparse_csr_tensor(c, p, v, size)
+            try:
+                return torch.sparse_compressed_tensor(c, p, v, size, layout=layout, check_invariants=True)
+            except TypeError:  # torch 1.13: no check_invariants
+                t = torch.sparse_compressed_tensor(c, p, v, size, layout=layout)
+                torch._validate_sparse_compressed_tensor_args(c, p, v, size, layout)
+                return t
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise FormatError(f"invalid {layout} tensor: {e}") from None
+
     def storage_value(self, storage, dtype_name):
         torch = self._torch
         dt = getattr(torch, dtype_name)
-        return torch.storage.TypedStorage(wrap_storage=storage, dtype=dt, _internal=True)
+        try:
+            return torch.storage.TypedStorage(wrap_storage=storage, dtype=dt, _internal=True)
+        except TypeError:  # torch 1.13
+            return torch.storage.TypedStorage(wrap_storage=storage, dtype=dt)
 
     def dtype(self, name):
         return getattr(self._torch, name)
@@ -87,14 +115,16 @@ class TorchBuilder:
         raise UnsupportedError("quantized tensors are not supported by the ckpt Python package yet")
 
     def _object(self, module, name, how, args, kwargs, state, list_items, dict_items):
-        # Sparse tensors: torch._utils._rebuild_sparse_tensor is on torch's weights-only
-        # allow-list; ckpt keeps the call inert and it is made here, as torch.load makes it.
-        if (module, name) == ("torch._utils", "_rebuild_sparse_tensor") and how == "REDUCE" and len(args) == 2:
+        # Sparse tensors: torch._utils._rebuild_sparse_tensor (torch 1.13 also
+        # _rebuild_sparse_csr_tensor) is on torch's weights-only allow-list; ckpt keeps the
+        # call inert and the tensor is assembled here from its parts, invariants checked.
+        if module == "torch._utils" and name in ("_rebuild_sparse_tensor", "_rebuild_sparse_csr_tensor") \
+                and how == "REDUCE" and isinstance(args, tuple) and len(args) == 2:
             layout = args[0]
             if isinstance(layout, Global) and layout.module == "torch":
-                layout = getattr(self._torch, layout.name)
-            if isinstance(layout, self._torch.layout):
-                return self._torch._utils._rebuild_sparse_tensor(layout, args[1])
+                layout = getattr(self._torch, layout.name, None)
+            if isinstance(layout, self._torch.layout) and isinstance(args[1], tuple):
+                return self._sparse(layout, args[1])
         return Object(module, name, how, args, kwargs, state, list_items, dict_items)
 
     def unsupported_dtype(self, name):

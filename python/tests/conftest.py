@@ -39,6 +39,17 @@ def torch_reference(path, **kw):
         return torch.load(path, weights_only=False, **kw), False
 
 
+TORCH2 = torch is not None and int(torch.__version__.split(".")[0]) >= 2
+
+
+def torch_load_saved(path):
+    """What torch reads back from a file ckpt.save wrote: weights_only=True (on torch 1.13,
+    whose weights-only unpickler refuses every float, weights_only=False when it does)."""
+    if TORCH2:
+        return torch.load(path, weights_only=True)
+    return torch_reference(path)[0]
+
+
 def tensor_bytes(t):
     c = t.detach().cpu().contiguous()
     if c.numel() == 0:
@@ -103,9 +114,14 @@ def assert_same(ours, ref, path="root", numpy_as_tensor=False):
         assert ours != ours, path
     elif torch is not None and isinstance(ref, torch.storage.TypedStorage):
         assert ours.dtype == ref.dtype and ours.size() == ref.size(), path
-        assert bytes(ours._untyped_storage) == bytes(ref._untyped_storage), path
+        u = lambda s: getattr(s, "_untyped_storage", None) or s._storage  # noqa: E731 (torch 1.13: _storage)
+        assert bytes(u(ours)) == bytes(u(ref)), path
     else:
         assert ours == ref, path
+
+
+def storage_of(t):
+    return t.untyped_storage() if hasattr(t, "untyped_storage") else t.storage()
 
 
 def sharing(obj):
@@ -114,7 +130,7 @@ def sharing(obj):
     for p, t in walk(obj):
         if t.layout != torch.strided:
             continue
-        s = t.untyped_storage()
+        s = storage_of(t)
         key = (s.data_ptr(), s.nbytes()) if s.nbytes() else ("empty", p)
         groups.setdefault(key, []).append(p)
     return sorted(sorted(g) for g in groups.values() if len(g) > 1)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import ckpt
-from conftest import DATA, ROOT, assert_same, needs_torch, sharing, torch
+from conftest import DATA, ROOT, assert_same, needs_torch, sharing, torch, torch_load_saved
 
 HOSTILE = ROOT / "tests" / "hostile"
 
@@ -26,7 +26,7 @@ def test_save_round_trip_torch_reads_it(tmp_path):
            "neg": -5, "c": 1 + 2j, "b": b"\x00\xff", "dt": torch.float16, "size": torch.Size([2, 3])}
     path = tmp_path / "out.pt"
     ckpt.save(obj, path)
-    back = torch.load(path, weights_only=True)
+    back = torch_load_saved(path)
     assert_same(back, obj)
     assert sharing(back) == sharing(obj)
     assert_same(ckpt.load(path), obj)
@@ -35,10 +35,10 @@ def test_save_round_trip_torch_reads_it(tmp_path):
 @needs_torch
 def test_save_reload_generated_fixtures(generated, tmp_path):
     for name in ("training_checkpoint", "views", "tied", "module_state_dict", "parameters", "misc_values"):
-        ref = torch.load(generated / f"{name}.pt", weights_only=True)
+        ref = torch_load_saved(generated / f"{name}.pt")
         out = tmp_path / f"{name}.pt"
         ckpt.save(ckpt.load(generated / f"{name}.pt"), out)
-        back = torch.load(out, weights_only=True)
+        back = torch_load_saved(out)
         assert_same(back, ref)
         assert sharing(back) == sharing(ref)
 
@@ -54,7 +54,7 @@ def test_save_refuses_arbitrary_objects(tmp_path):
 
 @needs_torch
 def test_open_lazy_mapping(generated, tmp_path):
-    from safetensors.torch import save_file
+    save_file = pytest.importorskip("safetensors.torch").save_file
 
     sd = {"a": torch.randn(3, 4), "b": torch.arange(6, dtype=torch.int32)}
     st = tmp_path / "m.safetensors"
@@ -128,8 +128,11 @@ def test_hostile_corpus(name, entry, tmp_path):
 
 def test_numpy_framework(tmp_path):
     np = pytest.importorskip("numpy")
-    out = ckpt.load(DATA / "valid" / "safetensors" / "names.safetensors", framework="numpy")
-    assert out and all(isinstance(v, np.ndarray) for v in out.values())
+    import importlib.util
+
+    if importlib.util.find_spec("ml_dtypes"):  # bfloat16 inside
+        out = ckpt.load(DATA / "valid" / "safetensors" / "names.safetensors", framework="numpy")
+        assert out and all(isinstance(v, np.ndarray) for v in out.values())
     with pytest.raises(ckpt.UnsupportedError):  # float4_e2m1fn_x2 has no numpy dtype
         ckpt.load(DATA / "valid" / "safetensors" / "all_dtypes.safetensors", framework="numpy")
     sd = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], dtype=np.int64), "n": 3}
@@ -137,6 +140,8 @@ def test_numpy_framework(tmp_path):
     ckpt.save(sd, p)
     back = ckpt.load(p, framework="numpy")
     assert np.array_equal(back["a"], sd["a"]) and back["a"].dtype == np.float32 and back["n"] == 3
+    if not importlib.util.find_spec("ml_dtypes"):  # views.pt holds a bfloat16 tensor
+        return
     v = ckpt.load(DATA / "valid" / "torch2" / "views.pt", framework="numpy")
     base = v["base"]
     assert np.shares_memory(base, v["transposed"])

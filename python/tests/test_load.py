@@ -7,7 +7,7 @@ import os
 import pytest
 
 import ckpt
-from conftest import DATA, assert_same, tensor_bytes, needs_torch, sharing, torch, torch_reference
+from conftest import TORCH2, DATA, assert_same, storage_of, tensor_bytes, needs_torch, sharing, torch, torch_reference
 
 pytestmark = needs_torch
 
@@ -98,7 +98,7 @@ def walk_count(obj):
 
 
 def test_safetensors_equal_safetensors_library():
-    from safetensors.torch import load_file
+    load_file = pytest.importorskip("safetensors.torch").load_file
 
     files = sorted(glob.glob(str(DATA / "valid" / "safetensors" / "*.safetensors")))
     assert files
@@ -134,7 +134,7 @@ def test_cuda_locations_map_to_cpu():
 
 def test_file_objects_and_bytes(generated):
     path = generated / "training_checkpoint.pt"
-    ref = torch.load(path, weights_only=True)
+    ref, _ = torch_reference(path)
     with open(path, "rb") as f:
         assert_same(ckpt.load(f), ref)
     assert_same(ckpt.load(path.read_bytes()), ref)
@@ -144,8 +144,16 @@ def test_numpy_values_load_without_unsafe_pickle():
     path = DATA / "valid" / "torch2" / "numpy_zip.pt"
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)
-    ref = torch.load(path, weights_only=False)
-    ours = ckpt.load(path)
+    try:
+        ours = ckpt.load(path)
+    except ckpt.UnsupportedError as e:  # torch 1.13 has no uint16/32/64 for numpy's unsigned arrays
+        assert not TORCH2 and "has no dtype" in str(e)
+        return
+    try:
+        ref = torch.load(path, weights_only=False)
+    except ImportError:  # saved with numpy 2 (numpy._core); this numpy is 1.x: ckpt still reads it
+        assert any(isinstance(v, torch.Tensor) for v in ours.values())
+        return
     assert_same(ours, ref, numpy_as_tensor=True)
 
 
@@ -155,7 +163,7 @@ def test_zero_copy_and_lifetime(generated):
 
     sd = ckpt.load(generated / "tied.pt")
     a = sd["a"]
-    assert a.untyped_storage().data_ptr() == sd["b"].untyped_storage().data_ptr()
+    assert storage_of(a).data_ptr() == storage_of(sd["b"]).data_ptr()
     expected = a.clone()
     del sd
     gc.collect()
