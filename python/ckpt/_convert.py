@@ -42,6 +42,7 @@ class TorchBuilder:
             d = getattr(torch, n, None)
             self.dtypes.append(d if isinstance(d, torch.dtype) else None)
         self.empty = torch.empty
+        self.from_dlpack = torch._C._from_dlpack
         self.Parameter = torch.nn.Parameter
         self._u8 = torch.uint8
         self._frombuffer = torch.frombuffer

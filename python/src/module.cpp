@@ -30,6 +30,7 @@
 #include <map>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "ckpt/ckpt.hpp"
@@ -81,6 +82,8 @@ void set_error_classes(nb::dict d) {
 
 // ---- a Storage as a Python buffer -------------------------------------------
 
+bool make_writable(const ckpt::Storage& s);
+
 struct StorageBuffer {
   ckpt::Storage storage;
   std::byte* data = nullptr;
@@ -96,12 +99,7 @@ StorageBuffer make_buffer(const ckpt::Storage& s) {
   b.storage = s;
   b.data = const_cast<std::byte*>(s.data());
   b.writable = s.writable();
-  if (!b.writable && s.backing() == ckpt::Storage::Backing::mapped && s.nbytes() > 0) {
-    static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    uintptr_t begin = reinterpret_cast<uintptr_t>(b.data) & ~(page - 1);
-    uintptr_t end = reinterpret_cast<uintptr_t>(b.data) + s.nbytes();
-    if (::mprotect(reinterpret_cast<void*>(begin), end - begin, PROT_READ | PROT_WRITE) == 0) b.writable = true;
-  }
+  if (!b.writable) b.writable = make_writable(s);
   return b;
 }
 
@@ -119,6 +117,88 @@ PyType_Slot storage_slots[] = {
     {Py_bf_releasebuffer, reinterpret_cast<void*>(storage_releasebuffer)},
     {0, nullptr},
 };
+
+// ---- a tensor over a Storage through DLPack ------------------------------------
+// The unversioned DLPack ABI (dlpack.h v0.8, what torch._C._from_dlpack reads):
+// one call makes a torch tensor of any shape over ckpt's bytes, and the deleter
+// (which torch may run on any thread, without the GIL) drops the Storage handle.
+
+namespace dl {
+struct Device { int32_t device_type; int32_t device_id; };
+struct DataType { uint8_t code; uint8_t bits; uint16_t lanes; };
+struct Tensor {
+  void* data; Device device; int32_t ndim; DataType dtype; int64_t* shape; int64_t* strides; uint64_t byte_offset;
+};
+struct Managed {
+  Tensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(Managed*);
+};
+}  // namespace dl
+
+struct DlpackOwner {
+  ckpt::Storage storage;
+  std::vector<int64_t> shape, strides;
+  dl::Managed managed{};
+};
+
+void dlpack_delete(dl::Managed* m) { delete static_cast<DlpackOwner*>(m->manager_ctx); }
+
+void dlpack_capsule_destructor(PyObject* capsule) {
+  // Only an unconsumed capsule still owns its tensor (consumers rename it "used_dltensor").
+  if (PyCapsule_IsValid(capsule, "dltensor")) {
+    auto* m = static_cast<dl::Managed*>(PyCapsule_GetPointer(capsule, "dltensor"));
+    if (m && m->deleter) m->deleter(m);
+  } else {
+    PyErr_Clear();
+  }
+}
+
+// The DLPack code of the dtypes every supported torch (1.13 and 2.x) reads.
+bool dlpack_dtype(ckpt::DType d, dl::DataType& out) {
+  using D = ckpt::DType;
+  uint8_t bits = static_cast<uint8_t>(ckpt::itemsize(d) * 8);
+  switch (d) {
+    case D::float64: case D::float32: case D::float16: out = {2, bits, 1}; return true;
+    case D::bfloat16: out = {4, 16, 1}; return true;
+    case D::int8: case D::int16: case D::int32: case D::int64: out = {0, bits, 1}; return true;
+    case D::uint8: out = {1, 8, 1}; return true;
+    case D::complex64: case D::complex128: out = {5, bits, 1}; return true;
+    default: return false;
+  }
+}
+
+// Makes mapped (read-only, MAP_PRIVATE) pages copy-on-write writable; see make_buffer.
+bool make_writable(const ckpt::Storage& s) {
+  if (s.writable()) return true;
+  if (s.backing() != ckpt::Storage::Backing::mapped || s.nbytes() == 0) return false;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uintptr_t p = reinterpret_cast<uintptr_t>(s.data());
+  uintptr_t begin = p & ~(page - 1);
+  return ::mprotect(reinterpret_cast<void*>(begin), p + s.nbytes() - begin, PROT_READ | PROT_WRITE) == 0;
+}
+
+nb::object dlpack_capsule(const ckpt::Tensor& t, const dl::DataType& dtype) {
+  auto* o = new DlpackOwner;
+  o->storage = t.storage();
+  o->shape = t.sizes();
+  o->strides = t.strides();
+  o->managed.dl_tensor.data = const_cast<std::byte*>(t.data());
+  o->managed.dl_tensor.device = {1, 0};  // kDLCPU
+  o->managed.dl_tensor.ndim = static_cast<int32_t>(o->shape.size());
+  o->managed.dl_tensor.dtype = dtype;
+  o->managed.dl_tensor.shape = o->shape.data();
+  o->managed.dl_tensor.strides = o->strides.data();
+  o->managed.dl_tensor.byte_offset = 0;
+  o->managed.manager_ctx = o;
+  o->managed.deleter = dlpack_delete;
+  PyObject* cap = PyCapsule_New(&o->managed, "dltensor", dlpack_capsule_destructor);
+  if (!cap) {
+    delete o;
+    throw nb::python_error();
+  }
+  return nb::steal(cap);
+}
 
 // ---- Value -> Python ----------------------------------------------------------
 
@@ -152,18 +232,35 @@ class Converter {
     if (torch_) {
       empty_ = builder_.attr("empty");
       callable_ = nb::cast<bool>(builder_.attr("callable"));
+      from_dlpack_ = builder_.attr("from_dlpack");
       parameter_ = builder_.attr("Parameter");
     }
     ordered_dict_ = builder_.attr("OrderedDict");
   }
 
-  nb::object convert(const ckpt::Value& v) { return to_py(v, 0); }
+  nb::object convert(const ckpt::Value& v) {
+    if (torch_ && from_dlpack_.is_valid() && !callable_) count_refs(v, 0);
+    return to_py(v, 0);
+  }
 
   nb::object tensor(const ckpt::Tensor& t) {
     if (t.quantization()) return builder_.attr("quantized")();  // raises UnsupportedError
     const nb::object& dt = dtypes_[static_cast<size_t>(t.dtype())];
     if (!dt.is_valid() || dt.is_none())
       return builder_.attr("unsupported_dtype")(nb::str(std::string(ckpt::name(t.dtype())).c_str()));
+    // Fast path: the only tensor of its storage, covering all of it, on the CPU: one
+    // DLPack import (what torch.load builds: same storage size, offset 0, no _base).
+    dl::DataType dlt{};
+    if (!refs_.empty() && t.storage().id() && t.storage_offset() == 0 && t.numel() > 0 && t.is_contiguous() &&
+        t.nbytes() == t.storage().nbytes() && t.device() == "cpu" && dlpack_dtype(t.dtype(), dlt)) {
+      auto it = refs_.find(t.storage().id());
+      if (it != refs_.end() && it->second == 1 && (t.storage().writable() || make_writable(t.storage()))) {
+        nb::object out = from_dlpack_(dlpack_capsule(t, dlt));
+        if (t.is_parameter()) return parameter_(out, t.requires_grad());
+        if (t.requires_grad()) out.attr("requires_grad_")(true);
+        return out;
+      }
+    }
     nb::object st = storage(t.storage(), t.device());
     nb::object size = int_tuple(t.sizes());
     nb::object stride = int_tuple(t.strides());
@@ -178,6 +275,50 @@ class Converter {
   }
 
  private:
+  void count_refs(const ckpt::Value& v, int depth) {
+    using K = ckpt::Value::Kind;
+    if (depth > 10000) return;  // to_py reports it
+    switch (v.kind()) {
+      case K::Tensor: {
+        const auto& t = v.as_tensor();
+        refs_[t.storage().id()] += t.quantization() ? 2 : 1;
+        break;
+      }
+      case K::Storage: refs_[v.as_storage().storage.id()] += 2; break;
+      default: break;
+    }
+    // Each container once: a shared one holds the same tensors however often it is referenced.
+    if (const void* id = v.container_id(); !id || !counted_.insert(id).second) return;
+    switch (v.kind()) {
+      case K::List: case K::Tuple:
+        for (const auto& x : v.items()) count_refs(x, depth + 1);
+        break;
+      case K::Set:
+        for (const auto& x : v.as_set()) count_refs(x, depth + 1);
+        break;
+      case K::Dict:
+        for (const auto& [k, x] : v.as_dict()) {
+          count_refs(k, depth + 1);
+          count_refs(x, depth + 1);
+        }
+        if (v.as_dict().attributes.is_dict()) count_refs(v.as_dict().attributes, depth + 1);
+        break;
+      case K::Object: {
+        const auto& o = v.as_object();
+        count_refs(o.args, depth + 1);
+        count_refs(o.kwargs, depth + 1);
+        count_refs(o.state, depth + 1);
+        for (const auto& x : o.list_items) count_refs(x, depth + 1);
+        for (const auto& [k, x] : o.dict_items) {
+          count_refs(k, depth + 1);
+          count_refs(x, depth + 1);
+        }
+        break;
+      }
+      default: break;
+    }
+  }
+
   nb::object storage(const ckpt::Storage& s, const std::string& device) {
     const void* id = s.id();
     if (id) {
@@ -297,7 +438,9 @@ class Converter {
   bool torch_ = false;
   bool callable_ = false;  // map_location is a Python callable: storages may be anywhere
   std::array<nb::object, ckpt::kNumDTypes> dtypes_;
-  nb::object storage_fn_, tensor_fn_, empty_, parameter_, ordered_dict_;
+  nb::object storage_fn_, tensor_fn_, empty_, parameter_, ordered_dict_, from_dlpack_;
+  std::unordered_set<const void*> counted_;  // containers count_refs has walked
+  std::unordered_map<const void*, int> refs_;  // storage id -> tensors (and storage values) viewing it
   std::unordered_map<const void*, nb::object> storages_;
   std::unordered_map<const void*, nb::object> containers_;
 };

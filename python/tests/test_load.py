@@ -190,3 +190,34 @@ def test_weights_only_false_is_inert(tmp_path):
     assert out["x"].module in ("posix", "os") and out["x"].name == "system"
     assert torch.equal(out["t"], torch.ones(2))
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_unshared_tensors_fast_path(tmp_path, mmap):
+    """Tensors alone on their storage (the DLPack path) are plain tensors like torch.load's:
+    no _base, the same storage size, writable, alive after everything else is gone."""
+    import gc
+
+    sd = collections.OrderedDict((f"t{i}", torch.randn(3, 4).to(dt)) for i, dt in
+                                 enumerate([torch.float32, torch.bfloat16, torch.int64, torch.float16, torch.uint8,
+                                            torch.complex64, torch.bool, torch.int8]))
+    sd["p"] = torch.nn.Parameter(torch.randn(5))
+    sd["g"] = torch.randn(2).requires_grad_()
+    path = tmp_path / "u.pt"
+    torch.save(sd, path)
+    ref = torch.load(path, weights_only=True)
+    ours = ckpt.load(path, mmap=mmap)
+    assert_same(ours, ref)
+    for k, t in ours.items():
+        assert t._base is None, k
+        assert storage_of(t).nbytes() == storage_of(ref[k]).nbytes(), k
+    before = path.read_bytes()
+    t0 = ours["t0"]
+    t0.add_(1)
+    assert torch.equal(t0, ref["t0"] + 1)
+    assert path.read_bytes() == before
+    del ours
+    gc.collect()
+    junk = [bytearray(1 << 16) for _ in range(64)]
+    assert torch.equal(t0, ref["t0"] + 1)
+    del junk
