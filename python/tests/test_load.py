@@ -221,3 +221,35 @@ def test_unshared_tensors_fast_path(tmp_path, mmap):
     junk = [bytearray(1 << 16) for _ in range(64)]
     assert torch.equal(t0, ref["t0"] + 1)
     del junk
+
+
+def test_dcp_directory_equals_torch_consolidation():
+    """A torch.distributed.checkpoint directory loads consolidated, as torch's
+    format_utils.dcp_to_torch_save wrote it (tests/data/dcp/make_dcp_fixture.py)."""
+    ref = torch.load(DATA / "dcp" / "torch2_w2.pt", weights_only=False)
+    ours = ckpt.load(DATA / "dcp" / "torch2_w2")
+    from conftest import walk
+
+    mine = dict(walk(ours))
+    theirs = dict(walk(ref))
+    assert mine.keys() == theirs.keys() and mine
+    for k, t in theirs.items():
+        assert mine[k].dtype == t.dtype and torch.equal(mine[k], t), k
+
+
+def test_sharded_set(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    a, b, c = torch.randn(3, 2), torch.arange(4), torch.randn(5).to(torch.bfloat16)
+    st.save_file({"a": a, "b": b}, tmp_path / "model-00001-of-00002.safetensors")
+    st.save_file({"c": c}, tmp_path / "model-00002-of-00002.safetensors")
+    index = {"metadata": {"total_size": 0}, "weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00001-of-00002.safetensors",
+        "c": "model-00002-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    for p in (tmp_path, tmp_path / "model.safetensors.index.json"):
+        sd = ckpt.load(p)
+        assert list(sd) == ["a", "b", "c"]
+        assert torch.equal(sd["a"], a) and torch.equal(sd["b"], b) and torch.equal(sd["c"], c)
+        with ckpt.open(p) as f:
+            assert f.keys() == ["a", "b", "c"] and len(f.files) == 2
+            assert torch.equal(f["c"], c)
