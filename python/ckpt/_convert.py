@@ -112,8 +112,26 @@ class TorchBuilder:
     def size(self, dims):
         return self._torch.Size(dims)
 
-    def quantized(self):
-        raise UnsupportedError("quantized tensors are not supported by the ckpt Python package yet")
+    def quantized(self, storage, dtype, offset, size, stride, requires_grad, scheme, scale, zero_point,
+                  scales, zero_points, axis):
+        # As torch._utils._rebuild_qtensor: an empty quantized tensor with the quantizer
+        # parameters, set_ onto the storage.
+        torch = self._torch
+        if scheme == "per_tensor_affine":
+            t = torch._empty_affine_quantized(size, scale=scale, zero_point=zero_point, dtype=dtype,
+                                              device=storage.device)
+        elif scheme in ("per_channel_affine", "per_channel_affine_float_qparams"):
+            t = torch._empty_per_channel_affine_quantized(size, scales=scales, zero_points=zero_points, axis=axis,
+                                                          dtype=dtype, device=storage.device)
+        else:
+            raise UnsupportedError(f"quantization scheme {scheme} is not supported")
+        try:
+            t.set_(storage, offset, size, stride)
+        except (TypeError, RuntimeError):  # torch 1.13: a typed storage of the quantized dtype
+            t.set_(torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype), offset, size, stride)
+        if requires_grad:
+            t.requires_grad = True
+        return t
 
     def _object(self, module, name, how, args, kwargs, state, list_items, dict_items):
         # Sparse tensors: torch._utils._rebuild_sparse_tensor (torch 1.13 also
@@ -183,7 +201,7 @@ class NumpyBuilder:
     def size(self, dims):
         return tuple(dims)
 
-    def quantized(self):
+    def quantized(self, *args):
         raise UnsupportedError("quantized tensors need torch")
 
     def unsupported_dtype(self, name):

@@ -244,10 +244,17 @@ class Converter {
   }
 
   nb::object tensor(const ckpt::Tensor& t) {
-    if (t.quantization()) return builder_.attr("quantized")();  // raises UnsupportedError
     const nb::object& dt = dtypes_[static_cast<size_t>(t.dtype())];
     if (!dt.is_valid() || dt.is_none())
       return builder_.attr("unsupported_dtype")(nb::str(std::string(ckpt::name(t.dtype())).c_str()));
+    if (const ckpt::Quantization* q = t.quantization()) {
+      nb::object st = storage(t.storage(), t.device());
+      nb::object scales = q->scales.defined() ? tensor(q->scales) : nb::none();
+      nb::object zero_points = q->zero_points.defined() ? tensor(q->zero_points) : nb::none();
+      return builder_.attr("quantized")(st, dt, t.storage_offset(), int_tuple(t.sizes()), int_tuple(t.strides()),
+                                        t.requires_grad(), nb::str(q->scheme.c_str()), q->scale, q->zero_point,
+                                        scales, zero_points, q->axis);
+    }
     // Fast path: the only tensor of its storage, covering all of it, on the CPU: one
     // DLPack import (what torch.load builds: same storage size, offset 0, no _base).
     dl::DataType dlt{};

@@ -51,6 +51,8 @@ def torch_load_saved(path):
 
 
 def tensor_bytes(t):
+    if t.is_quantized:
+        t = t.int_repr()
     c = t.detach().cpu().contiguous()
     if c.numel() == 0:
         return b""
@@ -81,6 +83,15 @@ def assert_same(ours, ref, path="root", numpy_as_tensor=False):
         assert type(ours) is type(ref), f"{path}: {type(ours)} != {type(ref)}"
         assert ours.dtype == ref.dtype, path
         assert ours.shape == ref.shape, path
+        if ref.is_quantized:
+            assert ours.is_quantized and ours.qscheme() == ref.qscheme(), path
+            assert torch.equal(ours.int_repr(), ref.int_repr()), path
+            if ref.qscheme() in (torch.per_tensor_affine,):
+                assert (ours.q_scale(), ours.q_zero_point()) == (ref.q_scale(), ref.q_zero_point()), path
+            else:
+                assert torch.equal(ours.q_per_channel_scales(), ref.q_per_channel_scales()), path
+                assert torch.equal(ours.q_per_channel_zero_points(), ref.q_per_channel_zero_points()), path
+                assert ours.q_per_channel_axis() == ref.q_per_channel_axis(), path
         if ref.layout == torch.strided:
             assert ours.stride() == ref.stride(), path
             assert ours.storage_offset() == ref.storage_offset(), path
