@@ -605,8 +605,19 @@ class Saver {
   ckpt::Value container(nb::handle o, int depth) {
     PyObject* p = o.ptr();
     auto it = memo_.find(p);
-    if (it != memo_.end()) return it->second;
+    if (it != memo_.end()) {
+      // torch.save writes cycles through the pickle memo; a checkpoint Value is a tree
+      // (shared, never cyclic), so a container inside itself is refused.
+      if (open_.count(p)) throw nb::value_error("ckpt.save: the object contains itself (a reference cycle)");
+      return it->second;
+    }
     keep_.push_back(nb::borrow(o));  // ids stay valid while memoised
+    open_.insert(p);
+    struct Close {
+      std::unordered_set<PyObject*>& s;
+      PyObject* p;
+      ~Close() { s.erase(p); }
+    } close{open_, p};
     ckpt::Value out;
     if (PyList_Check(p) || PyTuple_Check(p)) {
       bool tuple = PyTuple_Check(p);
@@ -680,6 +691,7 @@ class Saver {
   nb::dict storages_;
   std::vector<ckpt::Storage> storage_list_;
   std::unordered_map<PyObject*, ckpt::Value> memo_;
+  std::unordered_set<PyObject*> open_;  // containers being converted (cycle check)
   std::vector<nb::object> keep_;
 };
 

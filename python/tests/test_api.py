@@ -43,6 +43,22 @@ def test_save_reload_generated_fixtures(generated, tmp_path):
         assert sharing(back) == sharing(ref)
 
 
+def test_save_keeps_shared_containers_and_refuses_cycles(tmp_path):
+    shared = [1, 2]
+    ckpt.save({"a": shared, "b": shared}, tmp_path / "s.pt")
+    back = ckpt.load(tmp_path / "s.pt")
+    assert back == {"a": [1, 2], "b": [1, 2]} and back["a"] is back["b"]
+    cyc = [1]
+    cyc.append(cyc)
+    with pytest.raises(ValueError):
+        ckpt.save({"c": cyc}, tmp_path / "c.pt")
+    d = {}
+    d["self"] = d
+    with pytest.raises(ValueError):
+        ckpt.save(d, tmp_path / "d.pt")
+    assert not (tmp_path / "c.pt").exists() and not (tmp_path / "d.pt").exists()
+
+
 def test_save_refuses_arbitrary_objects(tmp_path):
     class Thing:
         pass
