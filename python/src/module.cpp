@@ -419,8 +419,9 @@ class Converter {
         }
         // Attributes BUILD set on the dict (a state dict's _metadata).
         if (d.ordered && d.attributes.is_dict()) {
-          for (const auto& [k, x] : d.attributes.as_dict())
-            if (k.is_string()) out.attr(k.as_string().c_str()) = to_py(x, depth + 1);
+          for (const auto& [k, x] : d.attributes.as_dict())  // dunder names (__class__, __dict__) never
+            if (k.is_string() && !k.as_string().starts_with("__") && k.as_string().find('\0') == std::string::npos)
+              out.attr(k.as_string().c_str()) = to_py(x, depth + 1);
         }
         break;
       }

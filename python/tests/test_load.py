@@ -253,3 +253,18 @@ def test_sharded_set(tmp_path):
         with ckpt.open(p) as f:
             assert f.keys() == ["a", "b", "c"] and len(f.files) == 2
             assert torch.equal(f["c"], c)
+
+
+def test_dict_attributes_never_set_dunders(tmp_path):
+    """BUILD state on an OrderedDict sets its attributes (_metadata); names like __class__
+    or __dict__ from a file are skipped, not assigned (assigning raised TypeError before)."""
+    od = collections.OrderedDict(w=torch.ones(2))
+    od._metadata = {"": {"version": 1}}
+    vars(od)["__class__"] = 5
+    vars(od)["__dict__"] = {"x": 1}
+    path = tmp_path / "attrs.pt"
+    torch.save({"sd": od}, path)
+    out = ckpt.load(path)
+    assert type(out["sd"]) is collections.OrderedDict
+    assert out["sd"]._metadata == {"": {"version": 1}}
+    assert torch.equal(out["sd"]["w"], torch.ones(2))
