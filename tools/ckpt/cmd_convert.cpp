@@ -184,7 +184,10 @@ StateDict transform(const StateDict& in, const ConvertArgs& a, std::optional<DTy
 }
 
 int run_convert(const ConvertArgs& a) {
-  const bool sharded_out = !a.max_shard_size.empty() || is_directory(a.out) || ends_with(a.out, "/");
+  // --to dcp always writes a directory (an existing one too: an earlier
+  // checkpoint there is replaced); otherwise a directory means a sharded set.
+  const bool sharded_out =
+      a.to != "dcp" && (!a.max_shard_size.empty() || is_directory(a.out) || ends_with(a.out, "/"));
   std::string to = a.to;
   if (to.empty()) to = ends_with(a.out, ".safetensors") || sharded_out ? "safetensors" : "torch";
   if (to != "torch" && to != "safetensors" && to != "dcp")
@@ -230,7 +233,7 @@ int run_convert(const ConvertArgs& a) {
   if (to == "dcp") {
     // A torch.distributed.checkpoint directory, as one rank saves it.
     save_distributed(a.out, flat ? like(root, sd) : root);
-    what = a.out + " (" + std::string(".metadata + __0_0.distcp") + ")";
+    what = a.out + " (.metadata + one data file)";
   } else if (sharded_out) {
     ShardOptions so;
     so.format = to == "torch" ? ShardFormat::torch : ShardFormat::safetensors;
