@@ -16,15 +16,20 @@
 // The directory is what torch.distributed.checkpoint's FileSystemWriter
 // writes (docs/distributed.md): `.metadata`, a pickle of
 // torch.distributed.checkpoint.metadata.Metadata, and one data file per rank,
-// `__<rank>_0.distcp`, holding one torch.save record per tensor chunk or
+// `__<rank>_<n>.distcp`, holding one torch.save record per tensor chunk or
 // value. torch's dcp.load reads what ckpt writes and ckpt reads what
 // dcp.save writes (torch 2.x, FileSystemWriter, torch_save serialization).
 //
-// Saves are atomic at the checkpoint level: every rank writes and fsyncs its
-// data file, all ranks agree that every write succeeded (Comm::all_true), and
-// only then rank 0 writes `.metadata` (temporary file + rename). A crash of
-// any rank leaves no `.metadata`, and a directory without one is never read
-// as a checkpoint.
+// Saves are atomic at the checkpoint level: all ranks agree the plan is valid
+// (shards tile, dtypes and shapes agree) before the directory is touched;
+// every rank writes and fsyncs its data file under a name no file in the
+// directory has (<n> = 0 in a fresh directory, higher over an existing
+// checkpoint); all ranks agree that every write succeeded
+// (Comm::all_true); only then rank 0 writes `.metadata` (temporary file,
+// fsync, rename: the commit) and removes the DCP data files the new
+// `.metadata` does not name. A save that fails or is killed at any point
+// leaves the previous checkpoint (or, past the commit, the new one) complete
+// and loadable; a directory without `.metadata` is never read as one.
 #pragma once
 
 #include <cstdint>
@@ -162,9 +167,13 @@ struct DistributedSaveOptions {
 
 // Saves this rank's part; collective (every rank of `comm` calls it with the
 // same `dir`). Returns on every rank once `.metadata` is in place; throws
-// ckpt::Error on every rank when any rank failed (no `.metadata` is written).
-// A `dir` holding a checkpoint is overwritten as torch's FileSystemWriter
-// does (old `.metadata` replaced last).
+// ckpt::Error on every rank when any rank failed: shards that do not tile
+// (ckpt::TypeError, before anything is written), or a write that failed (the
+// checkpoint `dir` held before, if any, is unchanged; the new data files are
+// removed). A `dir` holding a checkpoint is overwritten: the new data files
+// get new names, `.metadata` is replaced last (atomically), then the old data
+// files are removed. Only files named like DCP data files (`__<r>_<n>.distcp`)
+// and this save's temporaries are ever removed.
 void save_distributed(const std::string& dir, const DistributedState& state, Comm& comm,
                       const DistributedSaveOptions& options = {});
 // One process (world size 1).

@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
+#include <set>
+#include <string_view>
 
+#include "api/distributed_internal.hpp"
 #include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/save.hpp"
@@ -662,46 +666,184 @@ Value record_value(const Value& v) {
 
 }  // namespace
 
-void save_distributed(const std::string& dir, const DistributedState& state, Comm& comm,
+namespace detail {
+
+std::optional<uint64_t> dcp_data_file_number(const std::string& name) {
+  // __<rank>_<n>.distcp, both numbers plain decimal digits
+  constexpr std::string_view kSuffix = ".distcp";
+  if (name.size() < 2 + 1 + 1 + 1 + kSuffix.size() || name.compare(0, 2, "__") != 0 ||
+      name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0)
+    return std::nullopt;
+  const std::string mid = name.substr(2, name.size() - 2 - kSuffix.size());  // <rank>_<n>
+  const size_t us = mid.find('_');
+  if (us == std::string::npos || us == 0 || us + 1 == mid.size()) return std::nullopt;
+  auto digits = [](std::string_view d) { return std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; }); };
+  const std::string_view rank(mid.data(), us), n(mid.data() + us + 1, mid.size() - us - 1);
+  if (!digits(rank) || !digits(n)) return std::nullopt;
+  if (n.size() > 18) return std::numeric_limits<uint64_t>::max();  // too large to be one of ours
+  uint64_t v = 0;
+  for (char c : n) v = v * 10 + static_cast<uint64_t>(c - '0');
+  return v;
+}
+
+}  // namespace detail
+
+namespace {
+
+// The data file of `rank` in save generation `gen`: torch's own name,
+// __<rank>_0.distcp, in a fresh directory; a higher <n> when the directory
+// already holds DCP files, so that a save never writes over a file the
+// checkpoint in place may need.
+std::string data_file_name(size_t rank, uint64_t gen) {
+  return "__" + std::to_string(rank) + "_" + std::to_string(gen) + ".distcp";
+}
+
+// Temporaries write_atomically leaves behind when killed: ".<name>.tmp.<...>".
+bool is_save_temporary(const std::string& name) {
+  if (name.size() < 2 || name[0] != '.') return false;
+  const size_t t = name.find(".tmp.", 1);
+  if (t == std::string::npos) return false;
+  const std::string base = name.substr(1, t - 1);
+  return base == dcp::kMetadataFile || detail::dcp_data_file_number(base).has_value();
+}
+
+// Rank 0, before anything is written: the generation of this save's data
+// file names, one above every DCP data file (or temporary of one) in `dir`,
+// and none of whose names exists.
+uint64_t choose_generation(const std::string& dir, size_t world) {
+  std::set<std::string> names;
+  uint64_t gen = 0;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    std::string base = name;
+    if (is_save_temporary(name)) base = name.substr(1, name.find(".tmp.", 1) - 1);
+    if (auto n = detail::dcp_data_file_number(base); n && *n < (uint64_t{1} << 40)) gen = std::max(gen, *n + 1);
+    names.insert(std::move(name));
+  }
+  if (ec) throw IoError("cannot list the directory: " + ec.message(), ec.value(), ErrorContext{dir});
+  for (;; ++gen) {
+    bool taken = false;
+    for (size_t r = 0; r < world && !taken; ++r) taken = names.count(data_file_name(r, gen)) > 0;
+    if (!taken) return gen;
+  }
+}
+
+// Rank 0, after `.metadata` names only `keep`: removes the DCP data files
+// (and save temporaries) it does not name. Best effort: a file left behind
+// is harmless, and the next save removes it.
+void remove_unreferenced(io::Env& env, const std::string& dir, const std::set<std::string>& keep, bool sync) {
+  std::vector<std::string> doomed;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (keep.count(name) || !(detail::dcp_data_file_number(name) || is_save_temporary(name))) continue;
+    std::error_code fec;
+    if (it->is_regular_file(fec)) doomed.push_back(std::move(name));
+  }
+  for (const std::string& name : doomed) {
+    try {
+      env.remove_file((std::filesystem::path(dir) / name).string());
+    } catch (const std::exception&) {
+    }
+  }
+  if (sync && !doomed.empty()) {
+    try {
+      env.sync_dir(dir);
+    } catch (const std::exception&) {
+    }
+  }
+}
+
+// `base`, noting when a rename onto `watched` has succeeded (the commit point
+// of write_atomically: a failure after it leaves the new file in place).
+class RenameWatch final : public io::Env {
+ public:
+  RenameWatch(io::Env& base, std::string watched) : base_(base), watched_(std::move(watched)) {}
+  bool renamed = false;
+  std::unique_ptr<io::WritableFile> new_writable_file(const std::string& path) override {
+    return base_.new_writable_file(path);
+  }
+  void rename_file(const std::string& from, const std::string& to) override {
+    base_.rename_file(from, to);
+    if (to == watched_) renamed = true;
+  }
+  void remove_file(const std::string& path) override { base_.remove_file(path); }
+  void sync_dir(const std::string& dir) override { base_.sync_dir(dir); }
+  bool file_exists(const std::string& path) override { return base_.file_exists(path); }
+
+ private:
+  io::Env& base_;
+  std::string watched_;
+};
+
+// What rank 0 tells every rank after trying to commit.
+enum class Commit : char { failed = '0', done = '1', not_durable = '2' };
+
+}  // namespace
+
+namespace detail {
+
+void save_distributed(io::Env& env, const std::string& dir, const DistributedState& state, Comm& comm,
                       const DistributedSaveOptions& options) {
   const int rank = comm.rank();
   const auto world = static_cast<size_t>(comm.size());
-  io::Env& env = io::Env::posix();
 
-  // 1. The directory exists and holds no .metadata (a checkpoint being
-  //    overwritten stops being one before any of its files changes).
-  std::string failure;
+  // 1. Plans: every rank learns every rank's items and computes the same
+  //    global plan (dedup of replicated items, dtypes and shapes agree,
+  //    chunks tile every tensor). All ranks agree it is valid before any of
+  //    them touches the directory.
+  std::exception_ptr refused;
+  GlobalPlan g;
   try {
-    std::filesystem::create_directories(dir);
-    if (rank == 0) {
-      env.remove_file(metadata_path(dir));
-      if (options.fsync) env.sync_dir(dir);
-    }
-  } catch (const std::exception& e) {
-    failure = e.what();
+    std::vector<std::string> raw = comm.allgather(encode_plan(state));
+    if (raw.size() != world)
+      throw Error("distributed save: allgather returned " + std::to_string(raw.size()) + " plans");
+    std::vector<std::vector<PlanItem>> plans;
+    for (size_t r = 0; r < world; ++r) plans.push_back(decode_plan(raw[r], static_cast<int>(r)));
+    g = make_global_plan(plans);
+  } catch (const std::exception&) {
+    refused = std::current_exception();
   }
-  if (!comm.all_true(failure.empty()))
-    throw IoError("distributed save: " + (failure.empty() ? std::string("another rank could not prepare the directory")
-                                                            : failure),
+  if (!comm.all_true(!refused)) {
+    if (refused) std::rethrow_exception(refused);
+    throw TypeError("distributed save: another rank refused the plan (nothing was written)", ErrorContext{dir});
+  }
+
+  // 2. Rank 0 makes the directory and picks this save's data file names,
+  //    none of which exists there (the checkpoint in place, if any, keeps
+  //    every file it needs until the new `.metadata` replaces its own).
+  std::string prepared;  // "<generation>", or "!" + the error
+  if (rank == 0) {
+    try {
+      std::filesystem::create_directories(dir);
+      prepared = std::to_string(choose_generation(dir, world));
+    } catch (const std::exception& e) {
+      prepared = std::string("!") + e.what();
+    }
+  }
+  comm.broadcast(prepared, 0);
+  if (prepared.empty() || prepared[0] == '!')
+    throw IoError("distributed save: " + (prepared.empty() ? std::string("rank 0 sent no file names") : prepared.substr(1)),
                   0, ErrorContext{dir});
+  const uint64_t gen = std::stoull(prepared);
 
-  // 2. Plans: every rank learns every rank's items and computes the same
-  //    global plan (dedup of replicated items, chunk tiling checked).
-  std::vector<std::string> raw = comm.allgather(encode_plan(state));
-  if (raw.size() != world) throw Error("distributed save: allgather returned " + std::to_string(raw.size()) + " plans");
-  std::vector<std::vector<PlanItem>> plans;
-  for (size_t r = 0; r < world; ++r) plans.push_back(decode_plan(raw[r], static_cast<int>(r)));
-  GlobalPlan g = make_global_plan(plans);
-
-  // 3. This rank's data file.
+  // 3. This rank's data file, under its new name.
   const auto& mine = g.writes[static_cast<size_t>(rank)];
-  const std::string file_name = "__" + std::to_string(rank) + "_0.distcp";
+  const std::string my_path = (std::filesystem::path(dir) / data_file_name(static_cast<size_t>(rank), gen)).string();
+  auto remove_mine = [&] {  // undo this rank's part of a save that did not commit
+    if (mine.empty()) return;
+    try {
+      env.remove_file(my_path);
+    } catch (const std::exception&) {
+    }
+  };
+  std::string failure;
   Out results;
   try {
     if (!mine.empty()) {
-      const std::string path = (std::filesystem::path(dir) / file_name).string();
       io::write_atomically(
-          env, path,
+          env, my_path,
           [&](io::WritableFile& f) {
             for (size_t i = 0; i < mine.size(); ++i) {
               const std::string blob =
@@ -718,19 +860,27 @@ void save_distributed(const std::string& dir, const DistributedState& state, Com
   }
 
   // 4. The collective success check; then rank 0 gathers where every record is.
-  if (!comm.all_true(failure.empty()))
+  if (!comm.all_true(failure.empty())) {
+    remove_mine();
     throw IoError("distributed save: " + (failure.empty() ? std::string("another rank failed to write its data file")
                                                             : "rank " + std::to_string(rank) + ": " + failure),
                   0, ErrorContext{dir});
+  }
   std::vector<std::string> gathered = comm.gather(results.b, 0);
 
-  // 5. Rank 0 writes .metadata (temporary + rename), then tells everyone.
+  // 5. The commit: rank 0 writes `.metadata` (temporary, fsync, rename over
+  //    the old one, directory fsync), then removes the DCP files the new
+  //    `.metadata` does not name, and tells every rank how it went.
+  std::string status;
   if (rank == 0) {
+    RenameWatch watch(env, metadata_path(dir));
     try {
+      std::set<std::string> keep;
       for (size_t r = 0; r < world; ++r) {
         In in{gathered.at(r)};
+        if (!g.writes[r].empty()) keep.insert(data_file_name(r, gen));
         for (const auto& [ei, ci] : g.writes[r]) {
-          dcp::StorageInfo s{"__" + std::to_string(r) + "_0.distcp", in.u64(), 0};
+          dcp::StorageInfo s{data_file_name(r, gen), in.u64(), 0};
           s.length = in.u64();
           dcp::Entry& e = g.md.entries[ei];
           (ci == kValue ? e.bytes : e.chunks[ci].storage) = std::move(s);
@@ -738,15 +888,35 @@ void save_distributed(const std::string& dir, const DistributedState& state, Com
         if (!in.done()) throw Error("distributed save: bad write results from rank " + std::to_string(r));
       }
       const std::string pickle = dcp::write_metadata(g.md, dir);
-      io::write_atomically(env, metadata_path(dir), [&](io::WritableFile& f) { f.append(as_bytes(pickle)); },
+      io::write_atomically(watch, metadata_path(dir), [&](io::WritableFile& f) { f.append(as_bytes(pickle)); },
                            options.fsync);
+      // Durable: the old checkpoint's files are no longer needed.
+      remove_unreferenced(env, dir, keep, options.fsync);
+      status = std::string(1, static_cast<char>(Commit::done));
     } catch (const std::exception& e) {
-      failure = e.what();
+      // After the rename the new checkpoint is in place but its directory
+      // entry may not be durable: keep every file, so that whichever
+      // `.metadata` survives a crash finds its data.
+      status = std::string(1, static_cast<char>(watch.renamed ? Commit::not_durable : Commit::failed)) + e.what();
     }
   }
-  if (!comm.all_true(failure.empty()))
-    throw IoError("distributed save: " + (failure.empty() ? std::string("rank 0 could not write .metadata") : failure), 0,
+  comm.broadcast(status, 0);
+  const auto outcome = status.empty() ? Commit::failed : static_cast<Commit>(status[0]);
+  if (outcome == Commit::done) return;
+  const std::string why = status.size() > 1 ? status.substr(1) : std::string("rank 0 sent no commit status");
+  if (outcome == Commit::not_durable)
+    throw IoError("distributed save: the new checkpoint is in place, but making it durable failed: " + why, 0,
                   ErrorContext{dir});
+  remove_mine();
+  throw IoError("distributed save: .metadata was not written (the previous checkpoint, if any, is unchanged): " + why,
+                0, ErrorContext{dir});
+}
+
+}  // namespace detail
+
+void save_distributed(const std::string& dir, const DistributedState& state, Comm& comm,
+                      const DistributedSaveOptions& options) {
+  detail::save_distributed(io::Env::posix(), dir, state, comm, options);
 }
 
 void save_distributed(const std::string& dir, const DistributedState& state, const DistributedSaveOptions& options) {

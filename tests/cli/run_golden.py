@@ -93,6 +93,13 @@ CASES = [
     ("manage_prune", ["manage", "--prune", "--keep-last", "1", "$TMP/run_prune"]),
     ("manage_prune_no_policy", ["manage", "--prune", "$TMP/run"]),
     ("manage_not_a_dir", ["manage", f"{V}"]),
+    # opened by a CheckpointManager, never saved to: valid and empty (issue #19.4)
+    ("manage_verify_empty", ["manage", "--verify", "$TMP/run_empty"]),
+    ("manage_verify_empty_json", ["manage", "--verify", "--json", "$TMP/run_empty"]),
+    # ---- convert --to dcp into a directory that exists (issue #19.2)
+    ("convert_dcp_into_empty_dir", ["convert", f"{V}/torch2/checkpoint.pt", "$TMP/dcp_empty", "--to", "dcp"]),
+    ("convert_dcp_over_earlier_output", ["convert", f"{V}/torch2/checkpoint.pt", "$TMP/dcp_again", "--to", "dcp"]),
+    ("ls_dcp_after_overwrite", ["ls", "$TMP/dcp_again"]),
     # ---- help
     ("help", ["help"]),
     ("help_diff", ["help", "diff"]),
@@ -165,6 +172,12 @@ def setup(ckpt, tmp):
     write_manager_dir(os.path.join(tmp, "run"), entries)
     write_manager_dir(os.path.join(tmp, "run_prune"), entries)
     write_manager_dir(os.path.join(tmp, "run_damaged"), entries, damage="step=00000200.pt")
+    # what CheckpointManager leaves in a directory it opened and never saved to: its lock file
+    os.makedirs(os.path.join(tmp, "run_empty"))
+    open(os.path.join(tmp, "run_empty", ".lock"), "w").close()
+    os.makedirs(os.path.join(tmp, "dcp_empty"))
+    subprocess.run([ckpt, "convert", os.path.join(ROOT, V, "torch2", "net_state_dict.pt"), os.path.join(tmp, "dcp_again"),
+                    "--to", "dcp"], check=True, stderr=subprocess.DEVNULL)
 
 
 def render(args, proc, tmp):

@@ -241,6 +241,17 @@ def check_ckpt_saved(ckpt, work):
     run(ckpt, "convert", d, back)
     if os.path.exists(back):
         check(same(torch.load(back, weights_only=True), expected), "ckpt: convert --to dcp and back differs")
+    # converting again into the same directory replaces the checkpoint: the new data file has a new
+    # name (__0_1.distcp), the old one is removed, and dcp.load reads what .metadata names
+    second = {k: (v + 1 if isinstance(v, torch.Tensor) and v.dtype != torch.bool else v) for k, v in expected.items()}
+    second["step"] = 1300
+    torch.save(second, src)
+    run(ckpt, "convert", src, d, "--to", "dcp")
+    files = sorted(os.listdir(d))
+    check(files == [".metadata", "__0_1.distcp"], f"after converting over {d}: {files}")
+    sd = {k: (torch.zeros_like(v) if isinstance(v, torch.Tensor) else None) for k, v in second.items()}
+    dcp.load(sd, checkpoint_id=d)
+    check(same(sd, second), f"dcp.load after overwrite: {[k for k in second if not same(sd.get(k), second[k])]}")
 
 
 def check_torch_reads_sharded(d, work, names, world=2):

@@ -6,6 +6,8 @@
 //                                          unsharded state, e.g. torch's dcp_to_torch_save)
 //   dcp_mpi_test crash DIR RANK            save, but rank RANK dies (SIGKILL) after writing its data
 //                                          file, before the collective success check
+//   dcp_mpi_test overlap DIR               save shards that overlap (ranks 0 and 1 both claim rows 4 and 5):
+//                                          every rank must throw, DIR must keep its checkpoint
 //   dcp_mpi_test expected OUT.pt           (one process) the unsharded fixture state as a .pt
 //   dcp_mpi_test latest ROOT               (one process) prints the newest complete checkpoint in ROOT
 //
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "ckpt/distributed.hpp"
+#include "ckpt/error.hpp"
 #include "ckpt/load.hpp"
 #include "ckpt/mpi.hpp"
 #include "ckpt/save.hpp"
@@ -91,6 +94,18 @@ int run(int argc, char** argv, Comm& comm) {
     save_distributed(path, dcp_fixture::rank_state(rank, world), dying);
     return 0;  // not reached: the job dies with its victim
   }
+  if (mode == "overlap") {
+    DistributedState st = dcp_fixture::rank_state(rank, world);
+    st.add_shard("extra", dcp_fixture::pattern(DType::float32, {6, 3}, 9), {10, 3}, {rank == 0 ? 0 : 4, 0});
+    std::string error;
+    try {
+      save_distributed(path, st, comm);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    std::fprintf(stderr, "rank %d: %s\n", rank, error.empty() ? "the save went through" : error.c_str());
+    return error.empty() ? 1 : 0;  // every rank must refuse
+  }
   if (mode == "load") {
     auto expected = dcp_fixture::full_state();
     if (argc > 4 && std::string(argv[3]) == "--expected") expected = flatten(load(argv[4]));
@@ -115,7 +130,7 @@ int run(int argc, char** argv, Comm& comm) {
     if (rank == 0) std::printf("%s\n", dirs.empty() ? "" : dirs.back().c_str());
     return dirs.empty() ? 1 : 0;
   }
-  std::fprintf(stderr, "usage: dcp_mpi_test save|load|crash|expected|latest PATH ...\n");
+  std::fprintf(stderr, "usage: dcp_mpi_test save|load|crash|overlap|expected|latest PATH ...\n");
   return 2;
 }
 

@@ -42,6 +42,23 @@ case "$MODE" in
     "${MPIRUN[@]}" 2 "$BIN" load "$WORK/step_1" || fail "step_1 does not load after the crash"
     if "${MPIRUN[@]}" 2 "$BIN" load "$WORK/step_2" >/dev/null 2>&1; then fail "the partial step_2 loaded"; fi
     echo "ok: rank 1 killed mid-save; step_2 has no .metadata; step_1 is the latest complete checkpoint"
+    # Overwriting a checkpoint in place (issue #19.1): a killed save and a refused one leave it loadable.
+    before=$(ls -A "$WORK/step_1")
+    if "${MPIRUN[@]}" 3 "$BIN" crash "$WORK/step_1" 1 >"$WORK/crash2.log" 2>&1; then
+      cat "$WORK/crash2.log"; fail "the overwrite with a killed rank succeeded"
+    fi
+    "${MPIRUN[@]}" 2 "$BIN" load "$WORK/step_1" || fail "step_1 does not load after a killed overwrite"
+    "${MPIRUN[@]}" 2 "$BIN" overlap "$WORK/step_1" >"$WORK/overlap.log" 2>&1 \
+      || { cat "$WORK/overlap.log"; fail "a rank did not refuse overlapping shards"; }
+    grep -q "overlap" "$WORK/overlap.log" || { cat "$WORK/overlap.log"; fail "no overlap error"; }
+    "${MPIRUN[@]}" 3 "$BIN" load "$WORK/step_1" || fail "step_1 does not load after a refused overwrite"
+    # A save over it then succeeds with 2 ranks and removes every other DCP data file.
+    "${MPIRUN[@]}" 2 "$BIN" save "$WORK/step_1" || fail "overwrite step_1 with 2 ranks"
+    "${MPIRUN[@]}" 3 "$BIN" load "$WORK/step_1" || fail "step_1 does not load after the overwrite"
+    files=$(cd "$WORK/step_1" && ls -A | tr '\n' ' ')
+    [[ $(ls "$WORK/step_1" | grep -c '\.distcp$') == 2 && $(ls -A "$WORK/step_1" | wc -l) == 3 ]] \
+      || fail "after the overwrite step_1 holds: $files (before the killed save: $(echo $before))"
+    echo "ok: a killed and a refused overwrite left step_1 loadable; a later overwrite left $files"
     ;;
   interop)
     PY=$1 CKPT=$2 SCRIPT=$3

@@ -2,13 +2,29 @@
 // directories read and written; ranks simulated by threads (dcp_fixture.hpp).
 #include <gtest/gtest.h>
 
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <optional>
+#include <random>
+#include <set>
 #include <thread>
 
 #include "ckpt/distributed.hpp"
 #include "ckpt/error.hpp"
+#include "api/distributed_internal.hpp"
 #include "ckpt/load.hpp"
 #include "formats/dcp.hpp"
+#include "io/fault_env.hpp"
 #include "pickle/pickler.hpp"
 #include "pickle/unpickler.hpp"
 #include "unit/dcp_fixture.hpp"
@@ -146,18 +162,309 @@ TEST(Distributed, OneRankFailingLeavesNoMetadata) {
   TempDir tmp;
   const std::string prev = tmp.path() + "/step_1", next = tmp.path() + "/step_2";
   run_ranks(3, [&](int rank, Comm& comm) { save_distributed(prev, rank_state(rank, 3), comm); });
-  // rank 1 cannot write its data file (a directory is in the way)
-  fs::create_directories(next + "/__1_0.distcp/x");
+  // rank 1 cannot write its data file (the disk is full)
+  io::FaultInjectionEnv full(io::Env::posix());
+  full.fail_at = 0;
+  full.sticky = true;
   std::vector<std::string> msgs(3);
   run_ranks(3, [&](int rank, Comm& comm) {
-    msgs[static_cast<size_t>(rank)] = error_of([&] { save_distributed(next, rank_state(rank, 3), comm); });
+    io::Env& env = rank == 1 ? static_cast<io::Env&>(full) : io::Env::posix();
+    msgs[static_cast<size_t>(rank)] =
+        error_of([&] { detail::save_distributed(env, next, rank_state(rank, 3), comm, {}); });
   });
   for (int r = 0; r < 3; ++r) EXPECT_FALSE(msgs[static_cast<size_t>(r)].empty()) << "rank " << r << " did not throw";
   EXPECT_NE(msgs[1].find("rank 1"), std::string::npos) << msgs[1];
   EXPECT_FALSE(fs::exists(next + "/.metadata"));
+  EXPECT_TRUE(fs::is_empty(next)) << "the other ranks' data files are removed";
   EXPECT_FALSE(is_distributed_checkpoint(next));
   EXPECT_TRUE(is_distributed_checkpoint(prev));
   EXPECT_THROW(load(next), Error);
+}
+
+// ---------------------------------------------------------------- overwriting a checkpoint
+
+namespace {
+
+// The state of training step `step` as rank `rank` of `world` holds it: a
+// row-sharded tensor, a replicated one and the step, all derived from `step`.
+DistributedState step_state(int64_t step, int rank, int world) {
+  DistributedState st;
+  const Tensor full = pattern(DType::float32, {12, 5}, static_cast<uint64_t>(step));
+  auto [r0, n] = split(12, world, rank);
+  st.add_shard("w", region(full, {r0, 0}, {n, 5}), {12, 5}, {r0, 0});
+  st.add("b", Value(pattern(DType::int64, {7}, static_cast<uint64_t>(step) + 1000)));
+  st.add("step", Value(step));
+  return st;
+}
+
+// The step whose state `dir` holds, after checking every byte of it against
+// step_state; throws when the directory is not a complete checkpoint.
+int64_t loaded_step(const std::string& dir) {
+  DistributedReader r(dir);
+  (void)r.verify();  // every record intact
+  const Value v = load(dir);
+  const int64_t step = v.as_dict().at(Value("step")).as_int();
+  if (!v.as_dict().at(Value("w")).as_tensor().equal(pattern(DType::float32, {12, 5}, static_cast<uint64_t>(step))) ||
+      !v.as_dict().at(Value("b")).as_tensor().equal(pattern(DType::int64, {7}, static_cast<uint64_t>(step) + 1000)))
+    throw Error("the tensors of step " + std::to_string(step) + " differ from what was saved");
+  return step;
+}
+
+// The entries of `dir` other than `.metadata` and the data files it names.
+std::vector<std::string> extra_files(const std::string& dir) {
+  std::set<std::string> named;
+  const auto md = formats::dcp::parse_metadata(std::as_bytes(std::span<const char>(slurp(dir + "/.metadata"))), "m");
+  for (const auto& e : md.entries) {
+    if (!e.is_tensor) named.insert(e.bytes.relative_path);
+    for (const auto& c : e.chunks) named.insert(c.storage.relative_path);
+  }
+  std::vector<std::string> extra;
+  for (const auto& f : fs::directory_iterator(dir)) {
+    const std::string name = f.path().filename().string();
+    if (name != ".metadata" && !named.count(name)) extra.push_back(name);
+  }
+  std::sort(extra.begin(), extra.end());
+  return extra;
+}
+
+std::vector<std::string> listing(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& f : fs::directory_iterator(dir)) names.push_back(f.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace
+
+// Issue #19.1: a save refused for shards that do not cover a tensor must not
+// touch the checkpoint already in the directory (it used to remove .metadata first).
+TEST(Distributed, RefusedSaveKeepsTheCheckpointInPlace) {
+  TempDir tmp;
+  const std::string dir = tmp.path() + "/d1";
+  Value sd = Value::dict();
+  sd.as_dict().set(Value("w"), Value(pattern(DType::float32, {10, 3}, 1)));
+  sd.as_dict().set(Value("step"), Value(int64_t{7}));
+  save_distributed(dir, sd);  // what `ckpt convert model.pt d1 --to dcp` does
+  const std::vector<std::string> before = listing(dir);
+  const std::string metadata = slurp(dir + "/.metadata");
+  // One process: a {4,3} shard of a {10,3} tensor.
+  DistributedState one;
+  one.add_shard("w", pattern(DType::float32, {4, 3}, 2), {10, 3}, {0, 0});
+  std::string e = error_of([&] { save_distributed(dir, one); });
+  EXPECT_NE(e.find("cover 12 of the tensor's 30 elements"), std::string::npos) << e;
+  // Two ranks whose shards overlap, and two that disagree on the global shape.
+  for (int variant = 0; variant < 2; ++variant) {
+    std::vector<std::string> msgs(2);
+    run_ranks(2, [&](int rank, Comm& comm) {
+      DistributedState st;
+      if (variant == 0)
+        st.add_shard("w", pattern(DType::float32, {6, 3}, 3), {10, 3}, {rank == 0 ? 0 : 4, 0});
+      else
+        st.add_shard("w", pattern(DType::float32, {5, 3}, 3), {rank == 0 ? 10 : 11, 3}, {rank == 0 ? 0 : 5, 0});
+      msgs[static_cast<size_t>(rank)] = error_of([&] { save_distributed(dir, st, comm); });
+    });
+    EXPECT_NE(msgs[0].find(variant == 0 ? "overlap" : "differs between ranks"), std::string::npos) << msgs[0];
+    EXPECT_FALSE(msgs[1].empty());
+  }
+  EXPECT_EQ(listing(dir), before);
+  EXPECT_EQ(slurp(dir + "/.metadata"), metadata);
+  EXPECT_TRUE(load(dir) == sd);
+}
+
+// Overwriting writes new data files under names the old checkpoint does not
+// use, commits with .metadata, then removes the old checkpoint's files, stale
+// DCP files and temporaries -- and nothing else.
+TEST(Distributed, OverwriteReplacesTheCheckpointAndItsFiles) {
+  TempDir tmp;
+  const std::string dir = tmp.path() + "/d";
+  run_ranks(3, [&](int rank, Comm& comm) { save_distributed(dir, step_state(1, rank, 3), comm); });
+  EXPECT_EQ(listing(dir), (std::vector<std::string>{".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp"}));
+  EXPECT_EQ(loaded_step(dir), 1);
+  // debris of a killed save, and files that are not DCP's
+  write_file(dir + "/__7_3.distcp", "stale");
+  write_file(dir + "/.__1_4.distcp.tmp.123.0.456", "temporary");
+  write_file(dir + "/..metadata.tmp.123.1.789", "temporary");
+  write_file(dir + "/notes.txt", "mine");
+  write_file(dir + "/__x_0.distcp", "not a DCP name");
+  write_file(dir + "/__0_0.distcp.bak", "mine too");
+  run_ranks(2, [&](int rank, Comm& comm) { save_distributed(dir, step_state(2, rank, 2), comm); });
+  EXPECT_EQ(loaded_step(dir), 2);
+  EXPECT_EQ(listing(dir), (std::vector<std::string>{".metadata", "__0_0.distcp.bak", "__0_5.distcp", "__1_5.distcp",
+                                                    "__x_0.distcp", "notes.txt"}));
+  EXPECT_EQ(extra_files(dir), (std::vector<std::string>{"__0_0.distcp.bak", "__x_0.distcp", "notes.txt"}));
+  save_distributed(dir, step_state(3, 0, 1));
+  EXPECT_EQ(loaded_step(dir), 3);
+  EXPECT_TRUE(fs::exists(dir + "/__0_6.distcp"));
+  EXPECT_EQ(extra_files(dir), (std::vector<std::string>{"__0_0.distcp.bak", "__x_0.distcp", "notes.txt"}));
+}
+
+TEST(Distributed, DataFileNames) {
+  using detail::dcp_data_file_number;
+  EXPECT_EQ(dcp_data_file_number("__0_0.distcp"), 0u);
+  EXPECT_EQ(dcp_data_file_number("__12_345.distcp"), 345u);
+  for (const char* bad : {"__0.distcp", "__0_.distcp", "___0.distcp", "__a_0.distcp", "__0_0.distcpx", "_0_0.distcp",
+                          "__0_0", "__0_-1.distcp", ".metadata", "__0_0.distcp.tmp"})
+    EXPECT_FALSE(dcp_data_file_number(bad).has_value()) << bad;
+}
+
+// ---------------------------------------------------------------- faults and kills
+
+namespace {
+
+// For each file-system call of rank `victim`'s part of a save over a
+// checkpoint, fail it (once, or from then on) and check: every rank throws
+// or none does; after a throw the old checkpoint loads completely, after a
+// return the new one; and no temporary or orphan file is left.
+void inject_distributed_faults(int world, int err, bool sticky) {
+  for (int victim = 0; victim < world; ++victim) {
+    int64_t n = 0;
+    for (;; ++n) {
+      SCOPED_TRACE("rank " + std::to_string(victim) + " of " + std::to_string(world) + ", fault at call " +
+                   std::to_string(n) + (sticky ? " onwards" : " only"));
+      TempDir tmp;
+      const std::string dir = tmp.path() + "/d";
+      run_ranks(world, [&](int rank, Comm& comm) { save_distributed(dir, step_state(1, rank, world), comm); });
+      io::FaultInjectionEnv env(io::Env::posix());
+      env.fail_at = n;
+      env.error = err;
+      env.sticky = sticky;
+      std::vector<std::string> msgs(static_cast<size_t>(world));
+      run_ranks(world, [&](int rank, Comm& comm) {
+        io::Env& mine = rank == victim ? static_cast<io::Env&>(env) : io::Env::posix();
+        msgs[static_cast<size_t>(rank)] =
+            error_of([&] { detail::save_distributed(mine, dir, step_state(2, rank, world), comm, {}); });
+      });
+      const bool threw = !msgs[0].empty();
+      for (const auto& m : msgs) EXPECT_EQ(!m.empty(), threw) << "the ranks disagree: " << m;
+      const bool in_place = threw && msgs[0].find("new checkpoint is in place") != std::string::npos;
+      if (threw && !in_place) {
+        const std::string& m = msgs[static_cast<size_t>(victim)];
+        EXPECT_NE(m.find(std::strerror(err)), std::string::npos) << m;
+      }
+      int64_t step = 0;
+      EXPECT_NO_THROW(step = loaded_step(dir));
+      EXPECT_EQ(step, threw && !in_place ? 1 : 2) << msgs[0];
+      if (!in_place) {
+        EXPECT_TRUE(extra_files(dir).empty()) << ::testing::PrintToString(extra_files(dir));
+      }
+      if (!env.fired()) {
+        EXPECT_FALSE(threw) << msgs[0];
+        break;
+      }
+    }
+    // create, write x records, fsync, close, rename, fsync dir (+ .metadata's six, + cleanup's fsync on rank 0)
+    EXPECT_GE(n, victim == 0 ? 12 : 6) << "rank " << victim;
+  }
+}
+
+}  // namespace
+
+TEST(DistributedFault, EnospcAtEveryCallOnceOneProcess) { inject_distributed_faults(1, ENOSPC, false); }
+TEST(DistributedFault, EioAtEveryCallOnwardsOneProcess) { inject_distributed_faults(1, EIO, true); }
+TEST(DistributedFault, EnospcAtEveryCallOnceThreeRanks) { inject_distributed_faults(3, ENOSPC, false); }
+TEST(DistributedFault, EioAtEveryCallOnwardsThreeRanks) { inject_distributed_faults(3, EIO, true); }
+
+namespace {
+
+// The child: saves steps into `dir` until killed, 2 and 3 ranks (threads) in
+// turn, telling the parent over `fd` which step it begins (+step) and which
+// has returned (-step).
+[[noreturn]] void dcp_kill_child(const std::string& dir, int fd, int64_t first) {
+  try {
+    for (int64_t step = first;; ++step) {
+      if (::write(fd, &step, sizeof step) != sizeof step) ::_exit(3);
+      const int world = step % 2 == 0 ? 2 : 3;
+      run_ranks(world, [&](int rank, Comm& comm) { save_distributed(dir, step_state(step, rank, world), comm); });
+      const int64_t done = -step;
+      if (::write(fd, &done, sizeof done) != sizeof done) ::_exit(3);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dcp kill child: %s\n", e.what());
+    ::_exit(2);
+  }
+}
+
+}  // namespace
+
+// SIGKILL at random moments while a job overwrites the same directory step
+// after step: the directory always holds a complete checkpoint, never older
+// than the last save that returned nor newer than the last one begun; the
+// next save clears what the killed one left.
+TEST(DistributedKill, OverwriteSurvivesSigkillAtRandomMoments) {
+  int rounds = 60;
+  if (const char* s = std::getenv("CKPT_KILL_ROUNDS")) rounds = std::max(1, std::atoi(s));
+  unsigned seed = std::random_device{}();
+  if (const char* s = std::getenv("CKPT_KILL_SEED")) seed = static_cast<unsigned>(std::atoll(s));
+  std::mt19937 rng(seed);
+  SCOPED_TRACE("CKPT_KILL_SEED=" + std::to_string(seed));
+  TempDir tmp;
+  const std::string dir = tmp.path() + "/d";
+  save_distributed(dir, step_state(1, 0, 1));
+  int64_t done_max = 1, begun_max = 1;
+  double save_secs = 0.01;  // running estimate of one save here
+  int debris = 0, after_commit = 0, mid_save = 0;
+  using Clock = std::chrono::steady_clock;
+  for (int round = 0; round < rounds; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ::close(fds[0]);
+      dcp_kill_child(dir, fds[1], begun_max + 1);
+    }
+    ::close(fds[1]);
+    std::optional<Clock::time_point> begun_at;
+    bool completed = false;  // a save returned in this round
+    auto take = [&](int64_t m) {
+      if (m > 0) {
+        begun_max = std::max(begun_max, m);
+        begun_at = Clock::now();
+      } else {
+        if (begun_at && -m == begun_max) save_secs = 0.8 * save_secs + 0.2 * std::chrono::duration<double>(Clock::now() - *begun_at).count();
+        done_max = std::max(done_max, -m);
+        completed = true;
+      }
+    };
+    int64_t msg = 0;
+    auto read_one = [&](int timeout_ms) {
+      pollfd p{fds[0], POLLIN, 0};
+      if (::poll(&p, 1, timeout_ms) != 1 || ::read(fds[0], &msg, sizeof msg) != sizeof msg) return false;
+      take(msg);
+      return true;
+    };
+    read_one(10000);  // the first save has begun
+    const double window = std::clamp(3.0 * save_secs, 0.002, 0.2);
+    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                                              std::uniform_real_distribution<double>(0, window)(rng)));
+    for (auto now = Clock::now(); now < deadline; now = Clock::now()) {
+      const auto left_us = std::chrono::duration_cast<std::chrono::microseconds>(deadline - now).count();
+      if (!read_one(static_cast<int>((left_us + 999) / 1000))) break;
+    }
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the child ended on its own (status " << status << ")";
+    while (::read(fds[0], &msg, sizeof msg) == sizeof msg) take(msg);
+    ::close(fds[0]);
+    if (!completed) save_secs = std::min(save_secs * 1.25, 0.1);  // saves take longer here: kill later
+    ++(completed ? after_commit : mid_save);
+    int64_t step = 0;
+    ASSERT_NO_THROW(step = loaded_step(dir)) << "no complete checkpoint after the kill";
+    EXPECT_GE(step, done_max);
+    EXPECT_LE(step, begun_max);
+    done_max = std::max(done_max, step);
+    debris += !extra_files(dir).empty();
+  }
+  // One more save, not killed: it removes whatever the killed ones left.
+  save_distributed(dir, step_state(begun_max + 1, 0, 1));
+  EXPECT_EQ(loaded_step(dir), begun_max + 1);
+  EXPECT_TRUE(extra_files(dir).empty()) << ::testing::PrintToString(extra_files(dir));
+  std::printf("[ dcp kill ] %d rounds: %lld saves begun, %.1f ms a save, %d rounds completed a save, %d killed "
+              "the first save, %d kills left debris\n",
+              rounds, static_cast<long long>(begun_max), save_secs * 1000, after_commit, mid_save, debris);
+  EXPECT_GT(begun_max, rounds) << "no save ever completed";
 }
 
 TEST(Distributed, SingleProcessSaveOfAStateDict) {

@@ -212,7 +212,10 @@ int run_convert(const ConvertArgs& a) {
   if (onnx_out && a.onnx_template.empty())
     throw Error("writing an ONNX model needs --template MODEL.onnx: the exported graph whose weights are replaced");
   if (onnx_out && !a.to.empty() && a.to != "onnx") throw Error("--template writes ONNX; --to " + a.to + " contradicts it");
-  const bool sharded_out = !a.max_shard_size.empty() || is_directory(a.out) || ends_with(a.out, "/");
+  // --to dcp always writes a directory (an existing one too: an earlier
+  // checkpoint there is replaced); otherwise a directory means a sharded set.
+  const bool sharded_out =
+      a.to != "dcp" && (!a.max_shard_size.empty() || is_directory(a.out) || ends_with(a.out, "/"));
   std::string to = onnx_out ? "onnx" : a.to;
   if (to.empty()) to = ends_with(a.out, ".safetensors") || sharded_out ? "safetensors" : "torch";
   if (to != "torch" && to != "safetensors" && to != "dcp" && to != "onnx")
@@ -262,7 +265,7 @@ int run_convert(const ConvertArgs& a) {
   if (to == "dcp") {
     // A torch.distributed.checkpoint directory, as one rank saves it.
     save_distributed(a.out, flat ? like(root, sd) : root);
-    what = a.out + " (" + std::string(".metadata + __0_0.distcp") + ")";
+    what = a.out + " (.metadata + one data file)";
   } else if (sharded_out) {
     ShardOptions so;
     so.format = to == "torch" ? ShardFormat::torch : ShardFormat::safetensors;

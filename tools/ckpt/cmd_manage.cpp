@@ -94,7 +94,10 @@ int run_manage(const ManageArgs& a) {
   if (!std::filesystem::is_directory(a.dir))
     throw IoError("'" + a.dir + "' is not a directory (ckpt manage reads a CheckpointManager directory)", ENOTDIR,
                   ErrorContext{a.dir});
-  if (!std::filesystem::exists(std::filesystem::path(a.dir) / "manifest.json"))
+  // A manager directory has a manifest once something was saved; one that a
+  // CheckpointManager opened but never saved to holds only its lock file.
+  const std::filesystem::path dir(a.dir);
+  if (!std::filesystem::exists(dir / "manifest.json") && !std::filesystem::exists(dir / ".lock"))
     throw Error("'" + a.dir + "' has no manifest.json: not a CheckpointManager directory");
 
   ManagerOptions opts;
@@ -144,6 +147,10 @@ int run_manage(const ManageArgs& a) {
     return invalid && a.verify ? kExitNegative : kExitOk;
   }
 
+  if (list.empty() && pruned.empty()) {  // opened by a CheckpointManager, never saved to: valid, and empty
+    std::printf("0 checkpoints (nothing saved yet)\n");
+    return kExitOk;
+  }
   const bool color = use_color(stdout);
   for (const auto& c : pruned)
     std::printf("%s %s (step %lld, %s)\n", a.dry_run ? "would delete" : "deleted", c.file.c_str(),
