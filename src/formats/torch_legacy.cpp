@@ -367,10 +367,15 @@ Value load_tar(const io::RandomAccessFile& f, std::span<const std::byte> bytes, 
 // base-256 when the first byte is 0200 or 0377.
 bool python_nti(const unsigned char* p, size_t n, int64_t* out) {
   if (p[0] == 0200 || p[0] == 0377) {
-    int64_t v = 0;
-    for (size_t i = 1; i < n; ++i) v = static_cast<int64_t>((static_cast<uint64_t>(v) << 8) | p[i]);
-    if (p[0] == 0377) v = v - (int64_t{1} << (8 * (n - 1)));
-    *out = v;
+    // Always a number to Python. Only the 8-byte checksum field's value is
+    // used here (7 bytes fit); wider fields report 0.
+    if (n > 8) {
+      *out = 0;
+      return true;
+    }
+    uint64_t v = 0;
+    for (size_t i = 1; i < n; ++i) v = (v << 8) | p[i];
+    *out = p[0] == 0377 ? static_cast<int64_t>(v) - (int64_t{1} << (8 * (n - 1))) : static_cast<int64_t>(v);
     return true;
   }
   size_t end = 0;

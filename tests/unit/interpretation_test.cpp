@@ -13,6 +13,7 @@
 #include "ckpt/load.hpp"
 #include "ckpt/open.hpp"
 #include "ckpt/scan.hpp"
+#include "formats/torch_legacy.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -211,6 +212,46 @@ TEST(TorchInterpretation, V7TarIsATarWhateverItsFirstNameSays) {
   std::string bad = tar_member("N.", "x", true);
   bad[148] = '7';
   EXPECT_NE(ckpt::detect_format(as_span(bad)), ckpt::Format::torch_tar);
+}
+
+// Python's tarfile.TarInfo.frombuf, edge by edge.
+TEST(TorchInterpretation, TarHeaderFollowsPythonsChecksumRules) {
+  auto block = [](const std::string& b) { return as_span(b); };
+  std::string h = tar_member("N.", "", false).substr(0, 512);
+  EXPECT_TRUE(ckpt::formats::is_tar_header(block(h)));
+  EXPECT_FALSE(ckpt::formats::is_tar_header(block(h.substr(0, 511))));  // truncated: ReadError
+  EXPECT_TRUE(ckpt::formats::is_tar_header(block(std::string(512, '\0'))));  // opens as an empty tar
+  // A byte with the high bit set: the signed sum differs; either is accepted.
+  std::string hi = h;
+  hi[10] = '\xe9';
+  unsigned usum = 0;
+  int ssum = 0;
+  for (size_t i = 0; i < 512; ++i) {
+    const char c = (i >= 148 && i < 156) ? ' ' : hi[i];
+    usum += static_cast<unsigned char>(c);
+    ssum += static_cast<signed char>(c);
+  }
+  char chk[8];
+  for (unsigned sum : {usum, static_cast<unsigned>(ssum)}) {
+    std::snprintf(chk, sizeof chk, "%06o", sum);
+    std::memcpy(hi.data() + 148, chk, 7);
+    EXPECT_TRUE(ckpt::formats::is_tar_header(block(hi))) << sum;
+  }
+  std::snprintf(chk, sizeof chk, "%06o", usum + 1);
+  std::memcpy(hi.data() + 148, chk, 7);
+  EXPECT_FALSE(ckpt::formats::is_tar_header(block(hi)));
+  // A number field that int(s, 8) refuses makes the header invalid.
+  std::string bad_mode = h;
+  bad_mode[100] = '9';
+  EXPECT_FALSE(ckpt::formats::is_tar_header(block(bad_mode)));
+  // Base-256 sizes (0x80 first byte) are numbers to Python, whatever their width.
+  std::string b256 = h;
+  b256[124] = '\x80';
+  unsigned sum = 0;
+  for (size_t i = 0; i < 512; ++i) sum += (i >= 148 && i < 156) ? ' ' : static_cast<unsigned char>(b256[i]);
+  std::snprintf(chk, sizeof chk, "%06o", sum);
+  std::memcpy(b256.data() + 148, chk, 7);
+  EXPECT_TRUE(ckpt::formats::is_tar_header(block(b256)));
 }
 
 // (e) The legacy magic number is compared by value: any protocol will do.
