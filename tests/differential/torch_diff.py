@@ -220,6 +220,36 @@ def gen_zip_eocd(rng, base):
     return bytes(out)
 
 
+def gen_zip64_locator(rng, base):
+    """ZIP64: the end record's 32-bit fields name one directory, a ZIP64
+    locator + record right before it another (miniz takes the ZIP64 values
+    when the record's signature is right, ignores them otherwise)."""
+    shown = base["benign_a.pt"]
+    hidden = replace(base["benign_b.pt"], "/data.pkl", evil_pickle(rng.choice([2, 4]))) \
+        if rng.random() < 0.6 else base["benign_b.pt"]
+    prefix = shown[0][0].split("/")[0]
+    hidden = [(prefix + "/" + n.split("/", 1)[1], d) for n, d in hidden]
+    out = bytearray()
+    cds = []
+    for ents in (shown, hidden):
+        cd = bytearray()
+        for name, data in ents:
+            off = len(out)
+            out += local_header(name, data) + data
+            cd += central_header(name, data, off)
+        cds.append(cd)
+    offs = []
+    for cd in cds:
+        offs.append(len(out))
+        out += cd
+    e64_off = len(out)
+    sig = 0x06064B50 if rng.random() < 0.7 else 0x06064B51
+    out += struct.pack("<IQHHIIQQQQ", sig, 44, 45, 45, 0, 0, len(hidden), len(hidden), len(cds[1]), offs[1])
+    out += struct.pack("<IIQI", 0x07064B50, 0, e64_off, 1)
+    out += end_record(len(shown), len(cds[0]), offs[0])
+    return bytes(out)
+
+
 def gen_safetensors_polyglot(rng, base):
     """(c) a safetensors file whose first bytes are a pickle torch.load runs.
 
@@ -316,6 +346,7 @@ def gen_zip_mutation(rng, base):
 CLASSES = {
     "zip_case": gen_zip_case,
     "zip_eocd": gen_zip_eocd,
+    "zip64_locator": gen_zip64_locator,
     "safetensors_polyglot": gen_safetensors_polyglot,
     "tar_v7": gen_tar,
     "legacy_protocol": gen_legacy_protocol,
