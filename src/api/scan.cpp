@@ -469,9 +469,18 @@ class Scanner {
       case Format::torch_legacy:
         guarded([&] { scan_nested(formats::load_torch_legacy(file_, lo, &collector_), "object pickle", 0); });
         return;
-      case Format::torch_tar:
+      case Format::torch_tar: {
         guarded([&] { scan_nested(formats::load_torch_tar(file_, lo, &collector_), "pickle", 0); });
+        // torch tries the tar reader only on a real file (_should_read_directly);
+        // the same bytes in a BytesIO go straight to pickle.load from offset 0,
+        // where the first member's name is read as a pickle.
+        if (looks_like_pickle(h) != PickleLike::no) {
+          auto mem = memory();
+          scan_pickles({mem->memory(), mem->size()}, "torch.load legacy path", PickleLike::maybe, 0,
+                       /*single=*/false, /*tentative=*/true);
+        }
         return;
+      }
       case Format::safetensors: {
         guarded([&] { (void)formats::read_safetensors_header(*file_); });
         // torch.load(weights_only=False) reads a non-zip, non-tar file with

@@ -207,6 +207,16 @@ TEST(TorchInterpretation, V7TarIsATarWhateverItsFirstNameSays) {
     EXPECT_EQ(ckpt::detect_format(as_span(bytes)), ckpt::Format::torch_tar) << ustar;
     EXPECT_EQ(scan(bytes).verdict, ckpt::ScanVerdict::dangerous) << ustar;
   }
+  // From a BytesIO torch skips the tar reader and unpickles from offset 0:
+  // a first member named by an evil pickle is scanned on that path too.
+  const std::string name_pickle = "cos\nsystem\n(S'true'\ntR.";
+  const std::string named = tar_member(name_pickle, "x", false) + tar_member("storages", storages, false) +
+                            tar_member("tensors", tensors, false) + tar_member("pickle", "\x80\x02N.", false) +
+                            std::string(1024, '\0');
+  ASSERT_EQ(ckpt::detect_format(as_span(named)), ckpt::Format::torch_tar);
+  auto r = scan(named);
+  EXPECT_EQ(r.verdict, ckpt::ScanVerdict::dangerous);
+  EXPECT_TRUE(has_pickle(r, "torch.load legacy path"));
   // A "ustar" block with a wrong checksum is no tar to Python: torch reads
   // it as a pickle stream.
   std::string bad = tar_member("N.", "x", true);
