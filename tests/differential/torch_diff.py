@@ -95,21 +95,19 @@ save({'q': torch.quantize_per_tensor(torch.tensor([-12.8, 0.2, 0.0, 0.0]), 0.1, 
 
 # Loads every file named on stdin, one temp dir each; prints one JSON line each.
 LOADER = r"""
-import json, os, sys, tempfile, warnings
+import io, json, os, sys, tempfile, warnings
 warnings.filterwarnings('ignore')
 import torch
-for line in sys.stdin:
-    path = line.strip()
-    if not path:
-        continue
+
+def load(path, from_memory):
     d = tempfile.mkdtemp(prefix='ckpt_diff_')
     os.chdir(d)
-    r = {'path': path, 'ok': False, 'tensors': None, 'error': None}
+    r = {'ok': False, 'tensors': None, 'error': None}
     try:
-        try:
-            v = torch.load(path, map_location='cpu', weights_only=False)
-        except TypeError:  # torch 1.13 has weights_only too; kept for older ones
-            v = torch.load(path, map_location='cpu')
+        # A path takes torch's real-file route (tar reader first); a BytesIO
+        # skips the tar reader (_should_read_directly is false).
+        src = io.BytesIO(open(path, 'rb').read()) if from_memory else path
+        v = torch.load(src, map_location='cpu', weights_only=False)
         r['ok'] = True
         if isinstance(v, dict) and v and all(isinstance(x, torch.Tensor) for x in v.values()) \
                 and all(isinstance(k, str) for k in v):
@@ -121,6 +119,17 @@ for line in sys.stdin:
     for f in os.listdir(d):
         os.unlink(os.path.join(d, f))
     os.rmdir(d)
+    return r
+
+for line in sys.stdin:
+    path = line.strip()
+    if not path:
+        continue
+    r = load(path, False)
+    m = load(path, True)
+    r['path'] = path
+    r['executed_from_memory'] = m['executed']
+    r['executed'] = r['executed'] or m['executed']
     print(json.dumps(r), flush=True)
 """
 
@@ -298,7 +307,8 @@ def tar_header(name, size, ustar, rng):
 
 def gen_tar(rng, base):
     """(d) a (V7) tar whose first member's name is a tiny pickle."""
-    tiny = rng.choice([b"N.", b"K\x01.", b").", b"]." , b"\x80\x02N."])
+    tiny = rng.choice([b"N.", b"K\x01.", b").", b"]." , b"\x80\x02N.",
+                       b"cposix\nsystem\n(S'touch " + CANARY.encode() + b"'\ntR."])
     proto = rng.choice([2, 4])
     members = [(tiny, b"x" * rng.randrange(0, 700)),
                (b"storages", pickle.dumps(0, protocol=2) + pickle.dumps([], protocol=2)),
