@@ -55,22 +55,21 @@ std::string MapLocation::apply(const std::string& saved_device) const {
 
 namespace {
 
-// The legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c
-// (PROTO 2, LONG1 10 bytes).
-constexpr unsigned char kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c,
-                                          0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
-constexpr size_t kTarMagicOffset = 257;  // "ustar" in a POSIX tar header
 constexpr size_t kDetectBytes = 512;
 
-bool starts_with(std::span<const std::byte> b, const void* magic, size_t n) {
-  return b.size() >= n && std::memcmp(b.data(), magic, n) == 0;
-}
-
+// The order of torch.load (torch/serialization.py, 1.13 and 2.x):
+//   1. _is_zipfile: "PK\3\4" at offset 0 -> the zip reader, no fallback;
+//   2. _legacy_load: tarfile.open(mode="r:") -> the tar path when the first
+//      block passes Python's checksum test (no "ustar" magic needed);
+//   3. otherwise pickle.load from offset 0: the magic number (compared by
+//      value, so any pickle protocol), protocol version, sys_info, ...
+// Safetensors is ckpt's own addition after those: a safetensors file is
+// never a zip, a tar or a legacy stream, though torch.load would still run
+// its first bytes as a pickle (scan looks at that path too).
 Format detect_prefix(std::span<const std::byte> b) {
-  if (zip::looks_like_zip(b)) return Format::torch_zip;  // refined by the caller
-  if (starts_with(b, kLegacyMagic, sizeof kLegacyMagic)) return Format::torch_legacy;
-  if (b.size() >= kTarMagicOffset + 5 && std::memcmp(b.data() + kTarMagicOffset, "ustar", 5) == 0)
-    return Format::torch_tar;
+  if (zip::starts_with_local_header(b)) return Format::torch_zip;  // refined by the caller
+  if (formats::is_tar_header(b)) return Format::torch_tar;
+  if (formats::starts_with_legacy_magic(b)) return Format::torch_legacy;
   if (b.size() >= 9 && static_cast<char>(b[8]) == '{') {
     uint64_t n = 0;
     std::memcpy(&n, b.data(), 8);  // little-endian hosts only (static_assert elsewhere)

@@ -288,8 +288,14 @@ PickleLike looks_like_pickle(std::span<const std::byte> b) {
   return kProto01Opcodes.find(static_cast<char>(c0)) != std::string_view::npos ? PickleLike::maybe : PickleLike::no;
 }
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+bool ends_with_icase(std::string_view s, std::string_view suffix) {
+  if (s.size() < suffix.size()) return false;
+  for (size_t i = 0; i < suffix.size(); ++i) {
+    char c = s[s.size() - suffix.size() + i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c != suffix[i]) return false;
+  }
+  return true;
 }
 
 std::string error_text(const std::exception& e) { return e.what(); }
@@ -390,13 +396,17 @@ class Scanner {
   }
 
   // One record (or the whole file) that is a pickle or several back to back.
-  void scan_pickles(std::span<const std::byte> bytes, const std::string& record, PickleLike how, int depth = 0) {
+  // `single`: only the first pickle counts (what one pickle.load reads);
+  // `tentative`: every pickle is kept only if it decodes or names a global.
+  void scan_pickles(std::span<const std::byte> bytes, const std::string& record, PickleLike how, int depth = 0,
+                    bool single = false, bool tentative = false) {
     size_t pos = 0;
     bool first = true;
     while (pos < bytes.size()) {
       auto rest = bytes.subspan(pos);
       PickleLike like = first ? how : looks_like_pickle(rest);
-      if (like == PickleLike::no) return;  // trailing data after the last pickle
+      if (like == PickleLike::no || (single && !first)) return;  // trailing data after the last pickle
+      if (tentative) like = PickleLike::maybe;
       size_t used = 0;
       if (like == PickleLike::maybe) collector_.begin_tentative();
       std::string err;
@@ -448,8 +458,10 @@ class Scanner {
       report_.unrecognized = true;
       throw FormatError("file is empty; not a checkpoint", ErrorContext{file_->name()});
     }
-    if (zip::looks_like_zip(h)) return scan_zip();
-    Format f = detect_format(h);  // not a zip: decided by the first bytes alone
+    // The same decision load, open and ls take, in torch.load's order (see
+    // detail::detect_head and docs/security.md).
+    Format f = detail::detect_head(file_);
+    if (f == Format::torch_zip) return scan_zip();
     report_.format = f;
     LoadOptions lo;
     lo.weights_only = false;  // inspection: unknown classes stay inert objects
@@ -458,12 +470,30 @@ class Scanner {
       case Format::torch_legacy:
         guarded([&] { scan_nested(formats::load_torch_legacy(file_, lo, &collector_), "object pickle", 0); });
         return;
-      case Format::torch_tar:
+      case Format::torch_tar: {
         guarded([&] { scan_nested(formats::load_torch_tar(file_, lo, &collector_), "pickle", 0); });
+        // torch tries the tar reader only on a real file (_should_read_directly);
+        // the same bytes in a BytesIO go straight to pickle.load from offset 0,
+        // where the first member's name is read as a pickle.
+        if (looks_like_pickle(h) != PickleLike::no) {
+          auto mem = memory();
+          scan_pickles({mem->memory(), mem->size()}, "torch.load legacy path", PickleLike::maybe, 0,
+                       /*single=*/false, /*tentative=*/true);
+        }
         return;
-      case Format::safetensors:
+      }
+      case Format::safetensors: {
         guarded([&] { (void)formats::read_safetensors_header(*file_); });
+        // torch.load(weights_only=False) reads a non-zip, non-tar file with
+        // pickle.load from offset 0 before it checks the magic number: a
+        // header whose bytes also form a pickle runs that pickle.
+        if (looks_like_pickle(h) != PickleLike::no) {
+          auto mem = memory();
+          scan_pickles({mem->memory(), mem->size()}, "torch.load legacy path", PickleLike::maybe, 0,
+                       /*single=*/true, /*tentative=*/true);
+        }
         return;
+      }
       case Format::onnx:  // protobuf, no code: read as the loader does (external data paths checked)
         guarded([&] { (void)formats::load_onnx(file_, lo); });
         return;
@@ -488,37 +518,57 @@ class Scanner {
     return file_->memory() ? file_ : io::map_file(file_->name());
   }
 
+  // The records torch unpickles: "<prefix>/data.pkl" (torch.load) and, for
+  // TorchScript, "<prefix>/constants.pkl" (torch.jit.load), each located
+  // ignoring letter case, so every record that matches up to case is
+  // scanned (torch may take any). The storage records their persistent ids
+  // name ("<prefix>/data/<key>", "<prefix>/constants/<key>") are tensor
+  // bytes torch never unpickles and are not decoded, whatever their first
+  // bytes (issue #19: quantized storages). Every other record is looked at
+  // as before: a pickle hidden where torch does not look is still reported.
   void scan_zip() {
     report_.format = Format::torch_zip;
     std::unique_ptr<zip::ZipReader> z;
     if (!guarded([&] { z = std::make_unique<zip::ZipReader>(memory()); })) return;
     formats::TorchZipInfo info;
-    const bool have_info = guarded([&] { info = formats::inspect_torch_zip(*z); });
-    if (have_info && info.torchscript) report_.format = Format::torchscript;
+    if (guarded([&] { info = formats::inspect_torch_zip(*z); }) && info.torchscript)
+      report_.format = Format::torchscript;
+    std::set<const zip::Entry*> torch_pickles, data_records;
+    std::string prefix = info.prefix;
+    if (!z->entries().empty()) {
+      const std::string& first = z->entries().front().name;
+      if (size_t slash = first.find('/'); slash != std::string::npos) {
+        prefix = first.substr(0, slash);
+        for (const char* rec : {"/data.pkl", "/constants.pkl"})
+          for (const zip::Entry* e : z->find_all_icase(prefix + rec)) torch_pickles.insert(e);
+      }
+    }
+    if (info.prefix != prefix) info = formats::TorchZipInfo{prefix, 0, "little", false};  // inspect failed
     LoadOptions lo;
-    lo.weights_only = false;
+    lo.weights_only = false;  // inspection: unknown classes stay inert objects
     lo.mmap = true;
+    std::vector<const zip::Entry*> storages;
     for (const zip::Entry& e : z->entries()) {
-      const bool primary = have_info && z->find(e.name) == &e;
-      if (primary && e.name == info.prefix + "/data.pkl") {
-        add_pickle(e.name);
-        guarded([&] { scan_nested(formats::unpickle_record(*z, info, "data.pkl", "data", lo, &collector_), e.name, 0); });
-        continue;
-      }
-      if (primary && info.torchscript && e.name == info.prefix + "/constants.pkl") {
-        add_pickle(e.name);
-        guarded([&] {
-          scan_nested(formats::unpickle_record(*z, info, "constants.pkl", "constants", lo, &collector_), e.name, 0);
-        });
-        continue;
-      }
+      if (!torch_pickles.count(&e)) continue;
+      add_pickle(e.name);
+      const bool constants = e.name.size() >= 13 && ends_with_icase(e.name, "constants.pkl");
+      guarded([&] {
+        // Storages resolved as torch resolves them; the records they name are data.
+        scan_nested(formats::unpickle_record(*z, info, constants ? "constants.pkl" : "data.pkl",
+                                             constants ? "constants" : "data", lo, &collector_, {}, &e, &storages),
+                    e.name, 0);
+      });
+    }
+    data_records.insert(storages.begin(), storages.end());
+    for (const zip::Entry& e : z->entries()) {
+      if (torch_pickles.count(&e) || data_records.count(&e)) continue;
       guarded([&] { scan_entry(*z, e); });
     }
   }
 
   void scan_entry(const zip::ZipReader& z, const zip::Entry& e) {
     if (e.uncompressed_size == 0) return;
-    const bool pkl_name = ends_with(e.name, ".pkl");
+    const bool pkl_name = ends_with_icase(e.name, ".pkl");
     if (e.method == 0 && !pkl_name) {  // peek before reading a (possibly large) stored record
       std::byte peek[2];
       const size_t k = static_cast<size_t>(std::min<uint64_t>(e.uncompressed_size, 2));

@@ -51,6 +51,14 @@ void put64(std::string& out, uint64_t v) {
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
 
+// ASCII lower case, as miniz's MZ_TOLOWER compares names.
+std::string fold_case(std::string_view s) {
+  std::string k(s);
+  for (char& c : k)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return k;
+}
+
 std::span<const std::byte> as_bytes(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
@@ -77,6 +85,10 @@ bool looks_like_zip(std::span<const std::byte> b) noexcept {
   return sig == kLocalSig || sig == kEndSig;
 }
 
+bool starts_with_local_header(std::span<const std::byte> b) noexcept {
+  return b.size() >= 4 && u32(b.data()) == kLocalSig;
+}
+
 // ---------------------------------------------------------------- reader
 
 ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits limits)
@@ -88,26 +100,19 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
   };
   if (size < kEndSize) throw FormatError("not a zip archive (file has only " + std::to_string(size) + " bytes)", {name});
 
-  // 1. Find the end record: scan back over at most a maximal comment.
+  // 1. Find the end record as miniz (torch's zip reader) and Python's zipfile
+  //    do: the signature nearest the end with a whole record after it. The
+  //    comment length is not consulted, so a second end record hidden inside
+  //    the real one's comment is the one that counts.
   const uint64_t tail_len = std::min<uint64_t>(size, kEndSize + kMaxComment);
   std::vector<std::byte> tail(tail_len);
   file_->read_at(size - tail_len, tail);
   int64_t end_pos = -1;
-  for (int64_t i = static_cast<int64_t>(tail_len) - static_cast<int64_t>(kEndSize); i >= 0; --i) {
-    const std::byte* p = tail.data() + i;
-    if (u32(p) == kEndSig && static_cast<uint64_t>(i) + kEndSize + u16(p + 20) == tail_len) {
+  for (int64_t i = static_cast<int64_t>(tail_len) - static_cast<int64_t>(kEndSize); i >= 0; --i)
+    if (u32(tail.data() + i) == kEndSig) {
       end_pos = i;
       break;
     }
-  }
-  if (end_pos < 0) {
-    // Tolerate a comment length that does not reach the end (some writers).
-    for (int64_t i = static_cast<int64_t>(tail_len) - static_cast<int64_t>(kEndSize); i >= 0; --i)
-      if (u32(tail.data() + i) == kEndSig) {
-        end_pos = i;
-        break;
-      }
-  }
   if (end_pos < 0) throw FormatError("not a zip archive (no end-of-central-directory record)", {name});
   const uint64_t end_offset = size - tail_len + static_cast<uint64_t>(end_pos);
   const std::byte* end = tail.data() + end_pos;
@@ -116,7 +121,8 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
   uint64_t cd_size = u32(end + 12);
   uint64_t cd_offset = u32(end + 16);
 
-  // 2. ZIP64: the locator sits right before the end record.
+  // 2. ZIP64: the locator sits right before the end record. As in miniz, a
+  //    locator whose record lacks the ZIP64 signature is ignored.
   if (end_offset >= kEnd64LocatorSize) {
     std::byte loc[kEnd64LocatorSize];
     file_->read_at(end_offset - kEnd64LocatorSize, loc);
@@ -125,10 +131,11 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
       if (e64_off > size || size - e64_off < kEnd64Size) throw fail("ZIP64 end record offset is outside the file", end_offset);
       std::byte e64[kEnd64Size];
       file_->read_at(e64_off, e64);
-      if (u32(e64) != kEnd64Sig) throw fail("ZIP64 end record signature is wrong", e64_off);
-      count = u64(e64 + 32);
-      cd_size = u64(e64 + 40);
-      cd_offset = u64(e64 + 48);
+      if (u32(e64) == kEnd64Sig) {
+        count = u64(e64 + 32);
+        cd_size = u64(e64 + 40);
+        cd_offset = u64(e64 + 48);
+      }
     }
   }
   if (count > limits_.max_entries)
@@ -205,6 +212,14 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
     entries_.push_back(std::move(e));
   }
 
+  // Case-insensitive index (torch's lookups ignore case), built only when a
+  // name has an upper-case letter: otherwise by_name_ already serves.
+  const bool any_upper = std::any_of(entries_.begin(), entries_.end(), [](const Entry& e) {
+    return std::any_of(e.name.begin(), e.name.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
+  });
+  if (any_upper)
+    for (size_t i = 0; i < entries_.size(); ++i) by_folded_.emplace(fold_case(entries_[i].name), i);
+
   // 4. Payloads must not overlap each other or the central directory.
   std::vector<std::pair<uint64_t, size_t>> order;
   order.reserve(entries_.size());
@@ -221,6 +236,30 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
   }
   if (prev_end > cd_offset)
     throw FormatError("damaged zip archive: entry data overlaps the central directory", ErrorContext{name, prev_name, cd_offset});
+}
+
+std::vector<const Entry*> ZipReader::find_all_icase(std::string_view name) const {
+  std::vector<const Entry*> out;
+  const std::string key = fold_case(name);
+  if (by_folded_.empty()) {  // no name has an upper-case letter: folding is the identity
+    if (const Entry* e = find(key)) out.push_back(e);
+    return out;
+  }
+  auto [lo, hi] = by_folded_.equal_range(key);
+  for (auto it = lo; it != hi; ++it) out.push_back(&entries_[it->second]);
+  std::sort(out.begin(), out.end());  // central-directory order
+  return out;
+}
+
+const Entry* ZipReader::find_torch(std::string_view name) const {
+  if (by_folded_.empty()) return find(fold_case(name));
+  auto all = find_all_icase(name);
+  if (all.empty()) return nullptr;
+  if (all.size() > 1)
+    throw FormatError("archive has " + std::to_string(all.size()) + " records named '" + std::string(name) +
+                          "' up to letter case; torch's reader may take any of them",
+                      ErrorContext{file_->name(), std::string(name), std::nullopt});
+  return all.front();
 }
 
 const Entry* ZipReader::find(std::string_view name) const noexcept {

@@ -32,6 +32,9 @@ uint32_t crc32(std::span<const std::byte> data, uint32_t crc = 0) noexcept;
 
 // Does this look like a zip file (local header signature at offset 0)?
 bool looks_like_zip(std::span<const std::byte> first_bytes) noexcept;
+// torch.serialization._is_zipfile: the local header magic "PK\3\4" at offset
+// 0, nothing else (an empty archive, "PK\5\6", takes torch's legacy path).
+bool starts_with_local_header(std::span<const std::byte> first_bytes) noexcept;
 
 struct Entry {
   std::string name;
@@ -57,6 +60,13 @@ class ZipReader {
 
   const std::vector<Entry>& entries() const noexcept { return entries_; }
   const Entry* find(std::string_view name) const noexcept;
+  // Every entry whose name equals `name` ignoring ASCII letter case: what
+  // torch's reader (miniz's mz_zip_reader_locate_file without
+  // MZ_ZIP_FLAG_CASE_SENSITIVE) may resolve `name` to.
+  std::vector<const Entry*> find_all_icase(std::string_view name) const;
+  // The entry torch's reader resolves `name` to (case-insensitive), null if
+  // none; throws FormatError when several names match (torch may take any).
+  const Entry* find_torch(std::string_view name) const;
   const io::RandomAccessFile& file() const noexcept { return *file_; }
   const std::shared_ptr<io::RandomAccessFile>& file_ptr() const noexcept { return file_; }
 
@@ -82,6 +92,7 @@ class ZipReader {
   ReaderLimits limits_;
   std::vector<Entry> entries_;
   std::unordered_map<std::string, size_t> by_name_;
+  std::unordered_multimap<std::string, size_t> by_folded_;  // lower-cased name -> index (empty: all lower case)
 };
 
 struct WriterOptions {

@@ -195,8 +195,13 @@ std::unordered_map<std::string, TarMember> read_tar(const io::RandomAccessFile& 
     if (zero) break;  // end of archive
     uint64_t checksum = parse_octal(h + 148, 8, where);
     uint64_t sum = 0;
-    for (size_t i = 0; i < kBlock; ++i) sum += (i >= 148 && i < 156) ? ' ' : static_cast<unsigned char>(h[i]);
-    if (sum != checksum) throw FormatError("tar header checksum mismatch", where);
+    int64_t signed_sum = 0;  // Python's tarfile also accepts the signed-char sum (Sun, NeXT)
+    for (size_t i = 0; i < kBlock; ++i) {
+      sum += (i >= 148 && i < 156) ? ' ' : static_cast<unsigned char>(h[i]);
+      signed_sum += (i >= 148 && i < 156) ? ' ' : static_cast<signed char>(h[i]);
+    }
+    if (sum != checksum && static_cast<uint64_t>(signed_sum) != checksum)
+      throw FormatError("tar header checksum mismatch", where);
     uint64_t len = parse_octal(h + 124, 12, where);
     uint64_t data = pos + kBlock;
     if (len > size - data) throw FormatError("tar member extends past the end of the file", where);
@@ -358,7 +363,82 @@ Value load_tar(const io::RandomAccessFile& f, std::span<const std::byte> bytes, 
   return pickle::unpickle(bytes.subspan(m.offset, m.size), p);
 }
 
+// tarfile.nti: NUL-terminated ASCII octal with surrounding whitespace, or
+// base-256 when the first byte is 0200 or 0377.
+bool python_nti(const unsigned char* p, size_t n, int64_t* out) {
+  if (p[0] == 0200 || p[0] == 0377) {
+    // Always a number to Python. Only the 8-byte checksum field's value is
+    // used here (7 bytes fit); wider fields report 0.
+    if (n > 8) {
+      *out = 0;
+      return true;
+    }
+    uint64_t v = 0;
+    for (size_t i = 1; i < n; ++i) v = (v << 8) | p[i];
+    *out = p[0] == 0377 ? static_cast<int64_t>(v) - (int64_t{1} << (8 * (n - 1))) : static_cast<int64_t>(v);
+    return true;
+  }
+  size_t end = 0;
+  while (end < n && p[end] != 0) ++end;
+  size_t b = 0;
+  auto space = [](unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f' || (c >= 0x1c && c <= 0x1f); };
+  while (b < end && space(p[b])) ++b;
+  while (end > b && space(p[end - 1])) --end;
+  int64_t v = 0;
+  if (b == end) {
+    *out = 0;
+    return true;
+  }
+  size_t i = b;
+  if (p[i] == '+' || p[i] == '-') ++i;  // int(s, 8) takes a sign
+  if (i == end) return false;
+  for (; i < end; ++i) {
+    if (p[i] == '_' && i + 1 < end && i > b && p[i - 1] != '_') continue;  // int() accepts single underscores
+    if (p[i] < '0' || p[i] > '7') return false;
+    if (v > (INT64_MAX >> 4)) return false;
+    v = v * 8 + (p[i] - '0');
+  }
+  *out = p[b] == '-' ? -v : v;
+  return true;
+}
+
 }  // namespace
+
+bool is_tar_header(std::span<const std::byte> block) noexcept {
+  if (block.size() < 512) return false;  // TruncatedHeaderError -> ReadError
+  const auto* h = reinterpret_cast<const unsigned char*>(block.data());
+  bool zero = true;
+  for (size_t i = 0; i < 512 && zero; ++i) zero = h[i] == 0;
+  if (zero) return true;  // EOFHeaderError at offset 0: an empty archive opens
+  int64_t chk = 0;
+  if (!python_nti(h + 148, 8, &chk)) return false;
+  int64_t unsigned_sum = 256, signed_sum = 256;
+  for (size_t i = 0; i < 512; ++i) {
+    if (i >= 148 && i < 156) continue;
+    unsigned_sum += h[i];
+    signed_sum += static_cast<signed char>(h[i]);
+  }
+  if (chk != unsigned_sum && chk != signed_sum) return false;
+  // frombuf then parses mode, uid, gid, size, mtime, devmajor, devminor.
+  static constexpr size_t kFields[][2] = {{100, 8}, {108, 8}, {116, 8}, {124, 12}, {136, 12}, {329, 8}, {337, 8}};
+  for (const auto& f : kFields) {
+    int64_t v = 0;
+    if (!python_nti(h + f[0], f[1], &v)) return false;
+  }
+  return true;
+}
+
+bool starts_with_legacy_magic(std::span<const std::byte> head) noexcept {
+  try {
+    pickle::Options p;
+    p.policy = pickle::GlobalPolicy::inspect;
+    p.persistent_load = [](const Value& pid, uint64_t) { return pid; };
+    Value v = pickle::unpickle(head, p);
+    return v.kind() == Value::Kind::BigInt && v.as_bigint() == kMagic;
+  } catch (...) {
+    return false;
+  }
+}
 
 Value load_torch_legacy(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,
                         pickle::Observer* observer) {

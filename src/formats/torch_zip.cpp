@@ -21,8 +21,10 @@ std::string trim(std::string s) {
   return s;
 }
 
+// PyTorchStreamReader::getRecord / hasRecord: "<prefix>/<name>" located by
+// miniz without MZ_ZIP_FLAG_CASE_SENSITIVE, i.e. ignoring ASCII case.
 const zip::Entry* record(const zip::ZipReader& zip, const std::string& prefix, const char* name) {
-  return zip.find(prefix + "/" + name);
+  return zip.find_torch(prefix + "/" + name);
 }
 
 // Resolves torch's persistent ids ('storage', type, key, location, numel),
@@ -87,8 +89,9 @@ class StorageLoader {
     const uint64_t numel = static_cast<uint64_t>(t[4].as_int());
     const uint64_t nbytes = checked_mul_size(numel, itemsize(dtype), "storage size");
     const std::string record_name = dir_ + key;
-    const zip::Entry* e = zip_.find(record_name);
+    const zip::Entry* e = zip_.find_torch(record_name);
     if (e == nullptr) throw fail("storage record '" + record_name + "' is missing from the archive");
+    if (storages_out) storages_out->push_back(e);
     if (e->uncompressed_size != nbytes)
       throw FormatError("storage record has " + std::to_string(e->uncompressed_size) +
                             " bytes, but data.pkl declares " + std::to_string(numel) + " " +
@@ -118,6 +121,11 @@ class StorageLoader {
   std::string pkl_;
   std::string dir_;
   std::unordered_map<std::string, StorageValue> cache_;
+
+ public:
+  std::vector<const zip::Entry*>* storages_out = nullptr;
+
+ private:
   Storage slab_;         // small storages are slices of this block
   size_t slab_used_ = 0;
 
@@ -152,13 +160,17 @@ TorchZipInfo inspect_torch_zip(const zip::ZipReader& zip) {
   const std::string& file = zip.file().name();
   if (zip.entries().empty()) throw FormatError("zip archive is empty, not a torch checkpoint", {file});
   TorchZipInfo info;
+  // PyTorchStreamReader::init: the prefix is the first central-directory
+  // name up to its first '/' (possibly empty: "/data.pkl" has prefix "").
   const std::string& first = zip.entries().front().name;
   size_t slash = first.find('/');
-  if (slash == std::string::npos || slash == 0)
+  if (slash == std::string::npos)
     throw FormatError("zip entry '" + first + "' is not inside a folder; not a torch checkpoint",
                       {file});
   info.prefix = first.substr(0, slash);
-  info.torchscript = record(zip, info.prefix, "constants.pkl") != nullptr;
+  // torch.serialization._is_torchscript_zip: "constants.pkl" among
+  // getAllRecords(), which are exact names with the prefix stripped.
+  info.torchscript = zip.find(info.prefix + "/constants.pkl") != nullptr;
 
   const zip::Entry* v = record(zip, info.prefix, ".data/version");
   if (v == nullptr) v = record(zip, info.prefix, "version");
@@ -221,14 +233,16 @@ Value unwrap_jit_containers(const Value& v) {
 
 Value unpickle_record(const zip::ZipReader& zip, const TorchZipInfo& info, const std::string& pickle_record,
                       const std::string& storage_dir, const LoadOptions& options, pickle::Observer* observer,
-                      std::function<bool(std::string_view, std::string_view)> accept_inert) {
+                      std::function<bool(std::string_view, std::string_view)> accept_inert,
+                      const zip::Entry* pickle_entry, std::vector<const zip::Entry*>* storages_out) {
   const std::string& file = zip.file().name();
-  const std::string pkl_name = info.prefix + "/" + pickle_record;
-  const zip::Entry* pkl = zip.find(pkl_name);
+  const std::string pkl_name = pickle_entry ? pickle_entry->name : info.prefix + "/" + pickle_record;
+  const zip::Entry* pkl = pickle_entry ? pickle_entry : zip.find_torch(pkl_name);
   if (pkl == nullptr) throw FormatError("archive has no " + pickle_record + " record", {file, pkl_name});
   Storage pkl_bytes = zip.read(*pkl);
 
   StorageLoader loader(zip, info, options, pickle_record, storage_dir);
+  loader.storages_out = storages_out;
   pickle::Options popts;
   popts.policy = options.weights_only ? pickle::GlobalPolicy::weights_only : pickle::GlobalPolicy::inspect;
   popts.persistent_load = [&loader](const Value& pid, uint64_t offset) { return loader(pid, offset); };

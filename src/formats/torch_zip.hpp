@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ckpt/load.hpp"
 #include "container/zip.hpp"
@@ -31,7 +32,11 @@ TorchZipInfo inspect_torch_zip(const zip::ZipReader& zip);
 // `<prefix>/<storage_dir>/<key>`; `accept_inert` is passed to the unpickler.
 Value unpickle_record(const zip::ZipReader& zip, const TorchZipInfo& info, const std::string& pickle_record,
                       const std::string& storage_dir, const LoadOptions& options, pickle::Observer* observer,
-                      std::function<bool(std::string_view, std::string_view)> accept_inert = {});
+                      std::function<bool(std::string_view, std::string_view)> accept_inert = {},
+                      const zip::Entry* pickle_entry = nullptr, std::vector<const zip::Entry*>* storages_out = nullptr);
+// `pickle_entry` overrides where the pickle is read from (the scanner reads
+// every case variant of data.pkl); `storages_out` receives each storage
+// record the pickle resolved (tensor bytes, never pickles).
 
 // Loads the object tree. `observer` (may be null) sees every pickle event.
 Value load_torch_zip(const zip::ZipReader& zip, const LoadOptions& options,

@@ -136,8 +136,8 @@ TorchScriptModule read_torchscript(const zip::ZipReader& zip, const LoadOptions&
   TorchZipInfo info = inspect_torch_zip(zip);
   const std::string& file = zip.file().name();
   if (!info.torchscript) throw FormatError("not a TorchScript archive (no constants.pkl)", {file});
-  if (zip.find(info.prefix + "/data.pkl") == nullptr) {
-    if (zip.find(info.prefix + "/bytecode.pkl") != nullptr)
+  if (zip.find_torch(info.prefix + "/data.pkl") == nullptr) {
+    if (zip.find_torch(info.prefix + "/bytecode.pkl") != nullptr)
       throw UnsupportedError("this is a lite-interpreter (mobile) archive with only bytecode.pkl", {file});
     throw FormatError("TorchScript archive has no data.pkl", {file});
   }
@@ -149,7 +149,7 @@ TorchScriptModule read_torchscript(const zip::ZipReader& zip, const LoadOptions&
   LoadOptions opts = options;
   TorchScriptModule m;
   m.root = unwrap_jit_containers(unpickle_record(zip, info, "data.pkl", "data", opts, observer, accept));
-  const std::string constants_dir = zip.find(info.prefix + "/constants.pkl") ? "constants" : "data";
+  const std::string constants_dir = zip.find_torch(info.prefix + "/constants.pkl") ? "constants" : "data";
   m.constants = unwrap_jit_containers(unpickle_record(zip, info, "constants.pkl", constants_dir, opts, observer, accept));
   if (m.root.is_object()) {
     ClassSources sources(zip, info.prefix);

@@ -153,6 +153,24 @@ def tar_bytes(members):
     return buf.getvalue()
 
 
+def v7_tar(members):
+    """A pre-POSIX tar: no "ustar" magic; Python's tarfile accepts it by checksum."""
+    out = b""
+    for name, data in members:
+        h = bytearray(512)
+        h[0:len(name)] = name
+        h[100:108] = b"0000644\0"
+        h[108:116] = b"0000000\0"
+        h[116:124] = b"0000000\0"
+        h[124:136] = b"%011o\0" % len(data)
+        h[136:148] = b"13600000000\0"
+        h[156:157] = b"0"
+        h[148:156] = b" " * 8
+        h[148:156] = b"%06o\0 " % sum(h)
+        out += bytes(h) + data + b"\0" * (-len(data) % 512)
+    return out + b"\0" * 1024
+
+
 def scripted_records():
     path = os.path.join(ROOT, "tests", "data", "valid", "torch2", "scripted.pt")
     with zipfile.ZipFile(path) as z:
@@ -326,6 +344,21 @@ def build():
     # a deflate bomb: data.pkl is a dangerous pickle followed by 20 MB of zeros (~1000:1)
     bomb = PROTO2 + system_call() + STOP + b"\x00" * (20 << 20)
     add("zip_bomb_data_pkl.pt", torch_zip(bomb, compress=("archive/data.pkl",)), "zip-bomb")
+    # -- what torch.load sees (issue #18): files torch reads differently from a naive reader
+    evil = PROTO2 + system_call() + STOP
+    add("torchview_data_pkl_upper_case.pt",
+        zip_bytes([("archive/DATA.PKL", evil), ("archive/byteorder", b"little"), ("archive/data/0", STORAGE0),
+                   ("archive/version", b"3\n")]), "torch-view")
+    add("torchview_data_pkl_case_twin.pt",
+        zip_bytes([("archive/data.pkl", clean_state_pickle()), ("archive/Data.pkl", evil),
+                   ("archive/data/0", STORAGE0), ("archive/version", b"3\n")]), "torch-view")
+    add("torchview_v7_tar_pickle_name.pt",
+        v7_tar([(b"N.", b"x"), (b"storages", PROTO2 + b"K\x00" + STOP + PROTO2 + EMPTY_LIST + STOP),
+                (b"tensors", PROTO2 + b"K\x00" + STOP), (b"pickle", evil)]), "torch-view")
+    magic4 = b"\x80\x04\x95\x0d" + b"\0" * 7 + b"\x8a\x0a" + (0x1950a86a20f9469cfc6c).to_bytes(10, "little") + STOP
+    add("torchview_legacy_magic_protocol4.pt",
+        magic4 + LEGACY_PROTO + LEGACY_SYSINFO + evil + PROTO2 + EMPTY_LIST + STOP, "torch-view")
+
     add("zip_bomb_extra.pt",
         torch_zip(broken_main(), extra=[("archive/extra.pkl", inner + b"\x00" * (20 << 20))], compress=("archive/extra.pkl",)),
         "zip-bomb")
