@@ -77,11 +77,15 @@ ScanReport scan_file(const std::string& path, const ScanOptions& options = {});
 // The same for bytes in memory; `name` is used as the report's path.
 ScanReport scan_bytes(std::span<const std::byte> bytes, const std::string& name, const ScanOptions& options = {});
 
-// Files and directories: a directory is walked recursively in sorted order
-// (symbolic links are not followed; a path named explicitly is scanned even
-// when it is a link). A path that cannot be read gives a report with an error.
-// Files found in a directory that are empty or `unrecognized` (config.json,
-// README.md) are left out; named explicitly, they are reported as errors.
+// Files and directories: a directory is walked recursively in sorted order,
+// following symbolic links (a Hugging Face cache is snapshots/<rev>/ of links
+// into blobs/). Each real directory is entered once (device + inode, so link
+// cycles end) and each real file is scanned once, reported under a link's
+// name when it has one (snapshots/<rev>/model.bin, not blobs/<sha>).
+// A path that cannot be read gives a report with an error. Files found in a
+// directory that are empty or `unrecognized` (config.json, README.md) are left
+// out; named explicitly, they are reported as errors. A directory holding no
+// checkpoint or pickle at all gives one report with an error (exit 2).
 std::vector<ScanReport> scan_paths(const std::vector<std::string>& paths, const ScanOptions& options = {});
 
 // The exit code picklescan uses: 1 if any report is dangerous, else 2 if any

@@ -80,8 +80,47 @@ std::string tensor_sha256(const Tensor& t) {
   if (t.is_contiguous()) {
     EVP_DigestUpdate(ctx.get(), t.data(), t.nbytes());
   } else {
-    auto bytes = t.contiguous_bytes();
-    EVP_DigestUpdate(ctx.get(), bytes.data(), bytes.size());
+    // The bytes of t.contiguous(), streamed through a bounded buffer: an
+    // expanded / stride-0 view (one float seen as 2^29 elements) is hashed
+    // without materialising it. Same bytes, same digest as a copy.
+    const uint64_t view_bytes = static_cast<uint64_t>(t.numel()) * t.itemsize();
+    if (view_bytes > (uint64_t{1} << 36) && view_bytes / 16 > t.storage().nbytes())
+      throw LimitError("sha256: the view has " + std::to_string(view_bytes) + " bytes over a storage of " +
+                       std::to_string(t.storage().nbytes()) + " bytes (expanded); not hashed past 64 GiB");
+    const auto& sizes = t.sizes();
+    const auto& strides = t.strides();
+    const size_t isz = t.itemsize();
+    size_t inner = sizes.size();
+    int64_t block = 1;  // trailing dimensions that are contiguous: one memcpy
+    while (inner > 0 && (sizes[inner - 1] == 1 || strides[inner - 1] == block)) {
+      block *= sizes[inner - 1];
+      --inner;
+    }
+    const size_t block_bytes = static_cast<size_t>(block) * isz;
+    constexpr size_t kChunk = size_t{1} << 20;
+    std::vector<std::byte> buf;
+    if (block_bytes < kChunk) buf.reserve(kChunk);
+    std::vector<int64_t> idx(inner, 0);
+    const std::byte* src = t.data();
+    for (uint64_t done = 0; done < view_bytes; done += block_bytes) {
+      int64_t off = 0;
+      for (size_t d = 0; d < inner; ++d) off += idx[d] * strides[d];
+      const std::byte* p = src + off * static_cast<int64_t>(isz);
+      if (block_bytes >= kChunk) {
+        EVP_DigestUpdate(ctx.get(), p, block_bytes);
+      } else {
+        if (buf.size() + block_bytes > kChunk) {
+          EVP_DigestUpdate(ctx.get(), buf.data(), buf.size());
+          buf.clear();
+        }
+        buf.insert(buf.end(), p, p + block_bytes);
+      }
+      for (size_t d = inner; d-- > 0;) {
+        if (++idx[d] < sizes[d]) break;
+        idx[d] = 0;
+      }
+    }
+    if (!buf.empty()) EVP_DigestUpdate(ctx.get(), buf.data(), buf.size());
   }
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;

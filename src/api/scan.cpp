@@ -2,11 +2,14 @@
 // unpickler, each global and call classified against three lists.
 #include "ckpt/scan.hpp"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <set>
 
 #include "api/open_internal.hpp"
@@ -631,6 +634,61 @@ ScanReport scan_bytes(std::span<const std::byte> bytes, const std::string& name,
   return scan_opened(name, [&] { return io::memory_file(bytes, nullptr, name); }, options);
 }
 
+namespace {
+
+// One directory walk for scan_paths: symbolic links are followed (a Hugging
+// Face cache is snapshots/<rev>/ of links into blobs/), every real directory
+// is entered once (device + inode: a link cycle ends there) and every real
+// file is scanned once, under the name the user sees: among several names of
+// one file, a name that is a link (snapshots/<rev>/model.bin) wins over the
+// link target (blobs/<sha>), else the first in sorted order.
+struct DirWalk {
+  struct Entry {
+    std::string path;
+    bool via_link = false;
+  };
+  std::set<std::pair<uint64_t, uint64_t>> dirs_seen;
+  std::map<std::pair<uint64_t, uint64_t>, Entry> files;  // real file -> shown name
+  std::vector<std::string> errors;
+  size_t depth_limit = 256;
+
+  void walk(const std::string& dir, size_t depth) {
+    namespace fs = std::filesystem;
+    if (depth > depth_limit) {
+      errors.push_back(dir + ": directory nesting deeper than " + std::to_string(depth_limit) + " levels, not entered");
+      return;
+    }
+    std::error_code ec;
+    std::vector<std::string> names;
+    for (fs::directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end; !ec && it != end;
+         it.increment(ec))
+      names.push_back(it->path().filename().string());
+    if (ec) {
+      errors.push_back(dir + ": cannot list directory: " + ec.message());
+      return;
+    }
+    std::sort(names.begin(), names.end());
+    for (const auto& name : names) {
+      std::string p = dir;
+      if (p.empty() || p.back() != '/') p += '/';
+      p += name;
+      struct stat lst {}, st {};
+      if (::lstat(p.c_str(), &lst) != 0) continue;
+      bool link = S_ISLNK(lst.st_mode);
+      if (::stat(p.c_str(), &st) != 0) continue;  // a dangling link
+      std::pair<uint64_t, uint64_t> id{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+      if (S_ISDIR(st.st_mode)) {
+        if (dirs_seen.insert(id).second) walk(p, depth + 1);
+      } else if (S_ISREG(st.st_mode)) {
+        auto [it, inserted] = files.try_emplace(id, Entry{p, link});
+        if (!inserted && link && !it->second.via_link) it->second = Entry{p, link};
+      }
+    }
+  }
+};
+
+}  // namespace
+
 std::vector<ScanReport> scan_paths(const std::vector<std::string>& paths, const ScanOptions& options) {
   namespace fs = std::filesystem;
   std::vector<ScanReport> out;
@@ -656,26 +714,32 @@ std::vector<ScanReport> scan_paths(const std::vector<std::string>& paths, const 
       fail(path, "not a regular file or directory");
       continue;
     }
+    DirWalk walk;
+    struct stat root {};
+    if (::stat(path.c_str(), &root) == 0)
+      walk.dirs_seen.insert({static_cast<uint64_t>(root.st_dev), static_cast<uint64_t>(root.st_ino)});
+    walk.walk(path, 0);
+    for (const auto& e : walk.errors) {
+      ScanReport r;
+      r.path = path;
+      r.errors.push_back(e);
+      r.verdict = ScanVerdict::error;
+      out.push_back(std::move(r));
+    }
     std::vector<std::string> files;
-    fs::recursive_directory_iterator it(path, fs::directory_options::skip_permission_denied, ec), end;
-    if (ec) {
-      fail(path, "cannot list directory: " + ec.message());
-      continue;
-    }
-    for (; it != end; it.increment(ec)) {
-      if (ec) {
-        fail(path, "cannot list directory: " + ec.message());
-        break;
-      }
-      std::error_code e2;
-      if (it->is_symlink(e2)) continue;  // links are not followed (directory links are not entered either)
-      if (it->is_regular_file(e2)) files.push_back(it->path().string());
-    }
+    files.reserve(walk.files.size());
+    for (const auto& [id, entry] : walk.files) files.push_back(entry.path);
     std::sort(files.begin(), files.end());
+    size_t found = 0;
     for (const auto& f : files) {
       ScanReport r = scan_file(f, options);
-      if (!r.unrecognized) out.push_back(std::move(r));  // config.json, README.md, ...
+      if (r.unrecognized) continue;  // config.json, README.md, ...
+      ++found;
+      out.push_back(std::move(r));
     }
+    if (found == 0 && walk.errors.empty())
+      fail(path, "no checkpoint or pickle found in this directory (" + std::to_string(files.size()) + " file" +
+                     (files.size() == 1 ? "" : "s") + " looked at, links followed)");
   }
   return out;
 }

@@ -17,6 +17,7 @@
 #include "pickle/unpickler.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -495,11 +496,37 @@ class Machine final : public CallContext {
     if (v == nullptr) fail("memo entry " + std::to_string(index) + " is read before it is stored");
     push(*v);
   }
-  uint64_t memo_index(std::string_view s, const char* what) {
+  // The memo index of protocol-0 GET / PUT, read as CPython's C unpickler
+  // (the one torch runs) reads it: PyLong_FromString(line, base 10) on the
+  // NUL-terminated line, so text after a NUL byte is ignored, ASCII
+  // whitespace may surround the number, a sign is allowed and single
+  // underscores may separate digits ("p 7", "g1_0", "p+7"). Negative indices
+  // and indices past Py_ssize_t fail in Python before anything runs, and here.
+  uint64_t memo_index(std::string_view line, const char* what) {
+    std::string_view s = line.substr(0, std::min(line.size(), line.find('\0')));
+    const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; };
+    size_t i = 0, n = s.size();
+    while (i < n && space(s[i])) ++i;
+    while (n > i && space(s[n - 1])) --n;
+    bool negative = false;
+    if (i < n && (s[i] == '+' || s[i] == '-')) negative = s[i++] == '-';
     uint64_t v = 0;
-    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (s.empty() || !is_digit(s[0]) || ec != std::errc() || p != s.data() + s.size())
-      fail(std::string("malformed ") + what + " index " + quote(s));
+    bool ok = i < n && is_digit(s[i]), overflow = false;
+    for (size_t j = i; ok && j < n; ++j) {
+      if (s[j] == '_') {
+        ok = j + 1 < n && is_digit(s[j + 1]);  // a digit precedes (checked by the loop) and follows
+        continue;
+      }
+      if (!is_digit(s[j])) {
+        ok = false;
+        break;
+      }
+      if (v > (static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) - 9) / 10) overflow = true;
+      else v = v * 10 + static_cast<uint64_t>(s[j] - '0');
+    }
+    if (!ok) fail(std::string("malformed ") + what + " index " + quote(line));
+    if (negative && v != 0) fail(std::string("negative ") + what + " index " + quote(line));
+    if (overflow) fail(std::string(what) + " index " + quote(line) + " is out of range");
     return v;
   }
 
@@ -1095,8 +1122,22 @@ class Machine final : public CallContext {
         case STACK_GLOBAL: {
           Value name = pop(op);
           Value module = pop(op);
-          if (!module.is_string() || !name.is_string())
+          if (!module.is_string() || !name.is_string()) {
+            // An operand built by a call (an inert Object here) may be any str
+            // when Python runs the call, so Python could import anything: the
+            // scanner reports an unknown global. Any other non-str operand
+            // (bytes, int, a class) makes CPython raise "STACK_GLOBAL requires
+            // str" before importing anything: an error.
+            if (inspecting() && (module.is_object() || name.is_object()) && (module.is_string() || module.is_object()) &&
+                (name.is_string() || name.is_object())) {
+              std::string m = module.is_string() ? module.as_string() : "<built by a call>";
+              std::string n = name.is_string() ? name.as_string() : "<built by a call>";
+              event(Event::Kind::global, m, n, false);
+              push(Value(Global{std::move(m), std::move(n)}));
+              break;
+            }
             fail("STACK_GLOBAL needs two strings, got a " + kind_of(module) + " and a " + kind_of(name));
+          }
           if (module.as_string().empty() || name.as_string().empty())
             fail("STACK_GLOBAL names an empty module or attribute");
           push(resolve_global(module.as_string(), name.as_string()));

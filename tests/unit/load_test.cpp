@@ -233,3 +233,27 @@ TEST(Load, UnknownFormatErrorShowsTheBytes) {
 }
 
 }  // namespace
+
+// ls --digest of a non-contiguous view streams it (bounded buffer): the
+// digest must equal the sha256 of the materialised t.contiguous() bytes.
+TEST(TensorDigest, StridedAndExpandedViewsHashLikeTheirContiguousCopy) {
+  std::vector<std::byte> bytes(4 * 6 * 4);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::byte>(i * 7 + 1);
+  ckpt::Storage s = ckpt::Storage::copy_of(bytes);
+  const std::vector<ckpt::Tensor> views = {
+      ckpt::Tensor(s, ckpt::DType::float32, {6, 4}, {1, 6}),                // transposed
+      ckpt::Tensor(s, ckpt::DType::float32, {3, 2, 5}, {8, 0, 1}, 1),       // stride 0 in the middle
+      ckpt::Tensor(s, ckpt::DType::float32, {1 << 19}, {0}, 3),             // one float expanded (2 MiB view)
+      ckpt::Tensor(s, ckpt::DType::float32, {300000, 2}, {0, 1}, 2),        // rows of 8 bytes, several chunks
+      ckpt::Tensor(s, ckpt::DType::float32, {2, 0, 3}, {3, 3, 1}),          // empty
+  };
+  for (const auto& v : views) {
+    ASSERT_FALSE(v.numel() > 0 && v.is_contiguous());
+    ckpt::Tensor copy = v.contiguous();
+    ASSERT_TRUE(copy.is_contiguous());
+    EXPECT_EQ(ckpt::tensor_sha256(v), ckpt::tensor_sha256(copy)) << v.numel();
+  }
+  // An expanded view of 2^50 floats is refused, not hashed for hours or copied.
+  ckpt::Tensor huge(s, ckpt::DType::float32, {int64_t{1} << 50}, {0});
+  EXPECT_THROW(ckpt::tensor_sha256(huge), ckpt::LimitError);
+}

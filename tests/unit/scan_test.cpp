@@ -14,6 +14,7 @@ namespace {
 
 using ckpt::ScanCategory;
 using ckpt::ScanVerdict;
+using namespace std::string_literals;
 
 std::string valid(const std::string& rel) { return std::string(CKPT_TEST_DATA_DIR) + "/valid/" + rel; }
 std::string hostile(const std::string& name) { return std::string(CKPT_SOURCE_DIR) + "/tests/hostile/corpus/" + name; }
@@ -198,6 +199,83 @@ TEST(Scan, DamagedPickleKeepsWhatWasSeenBeforeTheDamage) {
   EXPECT_EQ(ckpt::scan_exit_code({junk}), 2);
 }
 
+TEST(Scan, StackGlobalOfCallResultsIsDangerous) {
+  // module = str('os') built by a call, name 'getcwd', then called: CPython
+  // imports os.getcwd and calls it (checked with pickle.loads in both
+  // Pythons). A value built by a call may be any str at run time, so the
+  // verdict is dangerous (exit 1), never an error (exit 2), even when the
+  // call itself is not flagged.
+  std::string p = "\x80\x04" "cbuiltins\nstr\n" "(X\x02\x00\x00\x00ostR" "X\x06\x00\x00\x00getcwd" "\x93)R."s;
+  ckpt::ScanReport r = scan(p);
+  EXPECT_EQ(r.verdict, ScanVerdict::dangerous);
+  EXPECT_TRUE(r.errors.empty()) << r.errors[0];
+  EXPECT_NE(find(r, "global", "<built by a call>.getcwd"), nullptr);
+  EXPECT_EQ(ckpt::scan_exit_code({r}), 1);
+  // Literal operands that are not str: CPython raises "STACK_GLOBAL requires
+  // str" before importing anything, so that stays an error.
+  ckpt::ScanReport bad = scan("\x80\x04K\x01X\x01\x00\x00\x00x\x93."s);
+  EXPECT_EQ(bad.verdict, ScanVerdict::error);
+  EXPECT_EQ(ckpt::scan_exit_code({bad}), 2);
+}
+
+TEST(Scan, ProtocolZeroMemoIndicesAsPythonReadsThem) {
+  // "p 7" / "g1_0" are valid memo indices for CPython: this file calls
+  // os.system, so it must be dangerous, not an error.
+  ckpt::ScanReport r = scan("cos\nsystem\np 7\n0g7\n(S'true'\ntR.");
+  EXPECT_EQ(r.verdict, ScanVerdict::dangerous);
+  EXPECT_TRUE(r.errors.empty()) << r.errors[0];
+  ckpt::ScanReport r2 = scan("cos\nsystem\np1_0\n0g 10 \n(S'true'\ntR.");
+  EXPECT_EQ(r2.verdict, ScanVerdict::dangerous);
+  EXPECT_TRUE(r2.errors.empty()) << r2.errors[0];
+}
+
+TEST(Scan, DirectoryOfSymlinksLikeHuggingFaceCache) {
+  namespace fs = std::filesystem;
+  fs::path root = fs::temp_directory_path() / ("ckpt_scan_hf_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+                                               "_" + std::to_string(reinterpret_cast<uintptr_t>(&root)));
+  fs::remove_all(root);
+  fs::path repo = root / "models--org--net";
+  fs::create_directories(repo / "blobs");
+  fs::create_directories(repo / "snapshots" / "abc123" / "sub");
+  fs::create_directories(repo / "refs");
+  auto write = [](const fs::path& p, std::string_view s) { std::ofstream(p, std::ios::binary) << s; };
+  write(repo / "refs" / "main", "abc123");
+  write(repo / "blobs" / "1111", "\x80\x02}q\x00."s);                        // a clean pickle
+  write(repo / "blobs" / "2222", "\x80\x02" "cos\nsystem\n(S'true'\ntR."); // a malicious one
+  write(repo / "blobs" / "3333", "{\"model_type\": \"x\"}");                  // config.json
+  fs::create_symlink("../../blobs/1111", repo / "snapshots" / "abc123" / "pytorch_model.bin");
+  fs::create_symlink("../../../blobs/2222", repo / "snapshots" / "abc123" / "sub" / "evil.pt");
+  fs::create_symlink("../../blobs/3333", repo / "snapshots" / "abc123" / "config.json");
+  fs::create_symlink("../..", repo / "snapshots" / "abc123" / "loop");  // a cycle
+  fs::create_symlink("missing", repo / "snapshots" / "abc123" / "dangling");
+
+  // The snapshot alone: only links, every checkpoint is scanned.
+  auto snap = ckpt::scan_paths({(repo / "snapshots").string()});
+  ASSERT_EQ(snap.size(), 2u);
+  EXPECT_EQ(snap[0].path, (repo / "snapshots" / "abc123" / "pytorch_model.bin").string());
+  EXPECT_EQ(snap[0].verdict, ScanVerdict::safe);
+  EXPECT_EQ(snap[1].path, (repo / "snapshots" / "abc123" / "sub" / "evil.pt").string());
+  EXPECT_EQ(snap[1].verdict, ScanVerdict::dangerous);
+  EXPECT_EQ(ckpt::scan_exit_code(snap), 1);
+
+  // The whole cache: each real file once, under its snapshot name.
+  auto all = ckpt::scan_paths({root.string()});
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].path, (repo / "snapshots" / "abc123" / "pytorch_model.bin").string());
+  EXPECT_EQ(all[1].path, (repo / "snapshots" / "abc123" / "sub" / "evil.pt").string());
+
+  // A directory with no checkpoint at all is an error (exit 2), not "0 files".
+  fs::create_directories(root / "empty");
+  write(root / "empty" / "README.md", "hello");
+  auto none = ckpt::scan_paths({(root / "empty").string()});
+  ASSERT_EQ(none.size(), 1u);
+  EXPECT_EQ(none[0].verdict, ScanVerdict::error);
+  ASSERT_EQ(none[0].errors.size(), 1u);
+  EXPECT_NE(none[0].errors[0].find("no checkpoint or pickle found"), std::string::npos) << none[0].errors[0];
+  EXPECT_EQ(ckpt::scan_exit_code(none), 2);
+  fs::remove_all(root);
+}
+
 TEST(Scan, KnownClassesGiveUnsafeButKnown) {
   // argparse.Namespace() then NEWOBJ-free BUILD-free: GLOBAL + EMPTY_TUPLE + REDUCE
   ckpt::ScanReport r = scan("\x80\x02" "cargparse\nNamespace\n)R.");
@@ -223,7 +301,7 @@ class ScanDir : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
-TEST_F(ScanDir, WalksRecursivelyInSortedOrderWithoutFollowingLinks) {
+TEST_F(ScanDir, WalksRecursivelyInSortedOrderFollowingLinksOnce) {
   write("b/deeper/evil.pkl", "cos\nsystem\n(S'x'\ntR.");
   write("a/clean.pkl", "\x80\x02].");
   write("z_broken.pt", "PK\x03\x04 a damaged zip");
@@ -236,11 +314,13 @@ TEST_F(ScanDir, WalksRecursivelyInSortedOrderWithoutFollowingLinks) {
   auto reports = ckpt::scan_paths({dir_.string()});
   std::vector<std::string> names;
   for (const auto& r : reports) names.push_back(std::filesystem::path(r.path).lexically_relative(dir_).string());
-  EXPECT_EQ(names, (std::vector<std::string>{"a/clean.pkl", "a/model.pt", "b/deeper/evil.pkl", "z_broken.pt"}));
+  // evil.pkl is scanned once, under its link's name; b/ is entered once
+  // (first as a/linkdir, where sorted order meets it first).
+  EXPECT_EQ(names, (std::vector<std::string>{"a/clean.pkl", "a/link.pkl", "a/model.pt", "z_broken.pt"}));
   ASSERT_EQ(reports.size(), 4u);
   EXPECT_EQ(reports[0].verdict, ScanVerdict::safe);
-  EXPECT_EQ(reports[1].verdict, ScanVerdict::safe);
-  EXPECT_EQ(reports[2].verdict, ScanVerdict::dangerous);
+  EXPECT_EQ(reports[1].verdict, ScanVerdict::dangerous);
+  EXPECT_EQ(reports[2].verdict, ScanVerdict::safe);
   EXPECT_EQ(reports[3].verdict, ScanVerdict::error);  // a per-file error does not stop the walk
   EXPECT_EQ(ckpt::scan_exit_code(reports), 1);
 

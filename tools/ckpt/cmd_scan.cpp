@@ -78,7 +78,7 @@ void register_scan(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<ScanArgs>();
   CLI::App* cmd = app.add_subcommand(
       "scan", "List the globals and calls in checkpoints' pickles, with a verdict per file (exit 0 clean, 1 dangerous, 2 error)");
-  cmd->add_option("PATH", args->paths, "Files or directories (walked recursively; links not followed)")->required();
+  cmd->add_option("PATH", args->paths, "Files or directories (walked recursively, following links; each real file once)")->required();
   cmd->add_flag("--json", args->json, "Machine-readable output (schema ckpt-scan/1, docs/security.md)");
   cmd->add_flag("--all", args->all, "Also list the globals and calls the weights-only allow-list accepts");
   cmd->callback([args, exit_code] { *exit_code = run_scan(*args); });

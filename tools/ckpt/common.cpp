@@ -137,6 +137,12 @@ int for_each_file(const std::vector<std::string>& files, const std::function<int
       rc = fn(f);
     } catch (const std::bad_alloc&) {
       print_error(f + ": out of memory");
+    } catch (const ckpt::FormatError& e) {
+      // What the file holds is at fault: the error names the file, even when
+      // it was thrown past the loader (a digest or object-tree walk limit).
+      ckpt::Error named = e;
+      named.add_context(ErrorContext{f});
+      print_error(named.what());
     } catch (const std::exception& e) {
       print_error(e.what());
     }

@@ -1,0 +1,135 @@
+#!/usr/bin/python3
+"""Memory budget of ckpt commands on small hostile inputs (issue #18).
+
+Generates files of at most 1 MB that try to make a command allocate far more
+than their size (list doubling through memo sharing, deep nesting, stride-0
+views expanding one element to 2^29 and 2^50, long memo chains), runs
+`ckpt ls`, `ls --digest`, `scan` and `verify` on each and checks:
+  - peak RSS <= 256 MiB + 4 x the file size (getrusage of the child);
+  - no crash (signal), no hang (TIMEOUT_S);
+  - an error message, when there is one, names the file.
+
+Usage: check_budget.py --ckpt build/ckpt [--rss-base-mib 256] [--keep DIR]
+Needs torch in /usr/bin/python3 (Debian's 1.13) for the stride-0 files; they
+are skipped with a note when it is missing.
+"""
+import argparse
+import io
+import os
+import resource
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+TIMEOUT_S = 30
+
+
+def torch_zip(pickle_bytes):
+    """A torch zip checkpoint whose data.pkl is `pickle_bytes` (no storages)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pickle_bytes)
+        z.writestr("archive/version", b"3\n")
+    return buf.getvalue()
+
+
+def list_doubling(times):
+    # v = 1; then `times` times: v = [v, v] (memo sharing: the tree has 2^times leaves).
+    out = bytearray(b"\x80\x02K\x01")
+    for _ in range(times):
+        out += b"q\x00" b"0" b"(h\x00h\x00l"
+    return bytes(out + b".")
+
+
+def nested_dicts(levels):
+    # {'a': {'a': {... {} ...}}}: every dict pushed first, then SETITEM folds them.
+    return b"\x80\x02" + b"}X\x01\x00\x00\x00a" * levels + b"}" + b"s" * levels + b"."
+
+
+def memo_chain(n):
+    # d_i = {'k': d_(i-1)}, each d_(i-1) read back from the memo (LONG_BINGET).
+    out = bytearray(b"\x80\x02}r\x00\x00\x00\x00")
+    for i in range(1, n):
+        out += b"0}X\x01\x00\x00\x00kj" + struct.pack("<I", i - 1) + b"sr" + struct.pack("<I", i)
+    return bytes(out + b".")
+
+
+def stride0(path, numel):
+    code = ("import torch,sys\n"
+            "torch.save({'w': torch.ones(1).expand(%d)}, sys.argv[1])\n" % numel)
+    r = subprocess.run(["/usr/bin/python3", "-c", code, path], capture_output=True)
+    return r.returncode == 0
+
+
+def run_measured(argv):
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = t0 + TIMEOUT_S
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            err = p.stderr.read().decode("utf-8", "replace")
+            code = os.waitstatus_to_exitcode(status)
+            return code, err, ru.ru_maxrss * 1024
+        if time.monotonic() > deadline:
+            p.kill()
+            _, _, ru = os.wait4(p.pid, 0)
+            return "timeout", p.stderr.read().decode("utf-8", "replace"), ru.ru_maxrss * 1024
+        time.sleep(0.02)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--rss-base-mib", type=int, default=256)
+    ap.add_argument("--keep", help="write the files here and keep them")
+    a = ap.parse_args()
+    d = a.keep or tempfile.mkdtemp(prefix="ckpt_budget_")
+    os.makedirs(d, exist_ok=True)
+    files = {
+        "list_doubling_64.pkl": list_doubling(64),
+        "list_doubling_64.pt": torch_zip(list_doubling(64)),
+        "nested_dicts_120k.pkl": nested_dicts(120000),
+        "nested_dicts_120k.pt": torch_zip(nested_dicts(120000)),
+        "memo_chain_50k.pkl": memo_chain(50000),
+    }
+    for name, data in files.items():
+        assert len(data) <= 1 << 20, name
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+    names = sorted(files)
+    for name, numel in (("stride0_2e29.pt", 1 << 29), ("stride0_2e50.pt", 1 << 50)):
+        if stride0(os.path.join(d, name), numel):
+            names.append(name)
+        else:
+            print("note: %s skipped (no torch in /usr/bin/python3)" % name)
+
+    failures = []
+    for name in names:
+        path = os.path.join(d, name)
+        size = os.path.getsize(path)
+        limit = (a.rss_base_mib << 20) + 4 * size
+        for label, extra in (("ls", ["ls"]), ("ls --digest", ["ls", "--digest"]), ("scan", ["scan"]),
+                             ("verify", ["verify"])):
+            code, err, rss = run_measured([a.ckpt] + extra + [path])
+            line = "%-22s %-12s exit %-7s peak %4d MiB (limit %d)" % (name, label, code, rss >> 20, limit >> 20)
+            print(line)
+            if code == "timeout":
+                failures.append(line + ": still running after %d s" % TIMEOUT_S)
+            elif code < 0:
+                failures.append(line + ": killed by a signal")
+            if rss > limit:
+                failures.append(line + ": over the memory budget")
+            if "error" in err and name not in err:
+                failures.append(line + ": the error does not name the file: " + err.strip()[:200])
+    for f in failures:
+        print("FAIL " + f)
+    print("%d files, %d failures" % (len(names), len(failures)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
