@@ -64,10 +64,10 @@ def stride0(path, numel):
     return r.returncode == 0
 
 
-def run_measured(argv):
+def run_measured(argv, timeout_s):
     t0 = time.monotonic()
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = t0 + TIMEOUT_S
+    deadline = t0 + timeout_s
     while True:
         pid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if pid:
@@ -86,6 +86,8 @@ def main():
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--rss-base-mib", type=int, default=256)
     ap.add_argument("--keep", help="write the files here and keep them")
+    ap.add_argument("--timeout", type=float, default=TIMEOUT_S,
+                    help="seconds one command may run (default %(default)s; sanitized builds need more)")
     a = ap.parse_args()
     d = a.keep or tempfile.mkdtemp(prefix="ckpt_budget_")
     os.makedirs(d, exist_ok=True)
@@ -114,11 +116,11 @@ def main():
         limit = (a.rss_base_mib << 20) + 4 * size
         for label, extra in (("ls", ["ls"]), ("ls --digest", ["ls", "--digest"]), ("scan", ["scan"]),
                              ("verify", ["verify"])):
-            code, err, rss = run_measured([a.ckpt] + extra + [path])
+            code, err, rss = run_measured([a.ckpt] + extra + [path], a.timeout)
             line = "%-22s %-12s exit %-7s peak %4d MiB (limit %d)" % (name, label, code, rss >> 20, limit >> 20)
             print(line)
             if code == "timeout":
-                failures.append(line + ": still running after %d s" % TIMEOUT_S)
+                failures.append(line + ": still running after %d s" % a.timeout)
             elif code < 0:
                 failures.append(line + ": killed by a signal")
             if rss > limit:
