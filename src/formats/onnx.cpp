@@ -287,6 +287,23 @@ void parse_graph(std::span<const std::byte> data, const Field& g, size_t index, 
   throw FormatError("ONNX initializer: " + msg, ErrorContext{file, r.name, r.entry.begin});
 }
 
+std::string describe_dims(const std::vector<int64_t>& d);
+
+// Refuses, before anything is allocated, typed data too short to hold the
+// values r's dims declare: every value takes at least one byte (a varint), or
+// 4 / 8 (float_data / double_data). Without this a few bytes declaring huge
+// dims would allocate their size first (found by fuzz_onnx).
+void check_typed_size(const OnnxTensorRecord& r, const std::string& file) {
+  const bool complex = r.data_type == 14 || r.data_type == 15;
+  const uint64_t min_width = r.typed_field == 4 ? 4 : r.typed_field == 10 ? 8 : 1;
+  uint64_t total = 0;
+  for (const auto& [wire, span] : r.typed) total += span.size();
+  const uint64_t fits = total / min_width;
+  if (r.numel > fits || (complex && r.numel > fits / 2))
+    data_error(r, file, "typed field of " + std::to_string(total) + " bytes cannot hold the " + std::to_string(r.numel) +
+                            " values its dims " + describe_dims(r.dims) + " declare");
+}
+
 // Decodes a typed field into `dst` (r.nbytes bytes).
 void decode_typed(std::span<const std::byte> data, const OnnxTensorRecord& r, const std::string& file,
                   std::byte* dst) {
@@ -466,6 +483,7 @@ Value load_onnx(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOpt
                                 std::to_string(r.nbytes));
       view_or_copy(memory + r.raw.begin, keepalive, views);
     } else if (!r.typed.empty()) {
+      check_typed_size(r, name);
       storage = Storage::allocate(nbytes);
       decode_typed(bytes, r, name, storage.mutable_data());
     } else if (r.numel == 0) {

@@ -358,3 +358,25 @@ TEST(Onnx, RefreshSeveralExternalFiles) {
 }
 
 }  // namespace
+
+// Found by fuzz_onnx: dims declaring ~40 GB with a few bytes of typed data
+// allocated the 40 GB before noticing. Refused before any allocation now.
+TEST(Onnx, TypedFieldTooShortForItsDimsIsRefusedBeforeAllocating) {
+  for (const auto& [type, field, payload] : std::vector<std::tuple<int32_t, uint32_t, std::string>>{
+           {1, 4, raw_floats({1, 2})},           // float_data: 4 bytes per value
+           {11, 10, le(1.0) + le(2.0)},          // double_data: 8 bytes per value
+           {6, 5, varint(1) + varint(2)},        // int32_data varints: >= 1 byte per value
+           {14, 4, raw_floats({1, 2, 3})}}) {    // complex64: two floats per value
+    std::string m = model({tensor({"w", type, {100000, 100000}, lfield(field, payload)})});
+    try {
+      load_bytes(m);
+      FAIL() << "type " << type << ": accepted";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find("cannot hold"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("'w'"), std::string::npos) << e.what();
+    }
+  }
+  // Two complex64 values need four floats: three are refused.
+  std::string m = model({tensor({"c", 14, {2}, lfield(4, raw_floats({1, 2, 3}))})});
+  EXPECT_THROW(load_bytes(m), FormatError);
+}
