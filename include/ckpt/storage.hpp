@@ -43,9 +43,11 @@ class Storage {
   static Storage allocate(size_t nbytes, HugePages huge = HugePages::on);
   // Whether large allocations still use huge pages in this process: false when
   // CKPT_HUGE_PAGES=0, when transparent huge pages are disabled in the kernel,
-  // or after one huge-page fault took longer than 10 ms (memory too fragmented:
-  // the kernel compacted it on the faulting thread), after which every later
-  // allocation uses normal pages — one bounded stall, never a slower load.
+  // or after one allocation's first huge-page fault took longer than 1 ms (a
+  // normal one takes 0.1-0.3 ms: the kernel compacted memory on the faulting
+  // thread, or a hypervisor had taken the 2 MiB block back through free page
+  // reporting), after which every later allocation uses normal pages — one
+  // bounded stall, never a slower load.
   static bool huge_pages_active() noexcept;
   // Owned copy of `bytes`.
   static Storage copy_of(std::span<const std::byte> bytes);
