@@ -232,12 +232,7 @@ bool read_one_into(const Reader& r, const TensorInfo& info, const Tensor& dst,
   Tensor src = r.get(info.name);
   if (src.dtype() != dst.dtype()) src = src.to(dst.dtype());
   if (dst.is_contiguous()) {
-    if (src.is_contiguous()) {
-      std::memcpy(out, src.data(), dst.nbytes());
-    } else {
-      std::vector<std::byte> bytes = src.contiguous_bytes();
-      std::memcpy(out, bytes.data(), bytes.size());
-    }
+    src.copy_contiguous_to({out, dst.nbytes()});
   } else {
     scatter_strided(src.contiguous_bytes(), dst);
   }
