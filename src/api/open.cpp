@@ -218,8 +218,8 @@ void scatter_strided(std::span<const std::byte> src, const Tensor& dst) {
 bool read_one_into(const Reader& r, const TensorInfo& info, const Tensor& dst,
                    std::unordered_map<std::string, std::shared_ptr<io::RandomAccessFile>>& files) {
   if (dst.sizes() != info.shape)
-    throw TypeError("read_into: tensor '" + info.name + "' has shape " + format_shape(info.shape) +
-                    " in the file but " + format_shape(dst.sizes()) + " in the destination");
+    throw TypeError("read_into: tensor '" + info.name + "' has shape " + format_shape(info.shape) + " in " +
+                    info.file + " but " + format_shape(dst.sizes()) + " in the destination");
   if (dst.numel() == 0) return info.dtype == dst.dtype();
   std::byte* out = dst.mutable_data();  // throws for read-only destinations
   if (info.dtype == dst.dtype() && info.contiguous && dst.is_contiguous() && info.file_offset >= 0 &&
