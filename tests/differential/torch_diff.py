@@ -18,9 +18,12 @@ scripted model) scan without errors.
   torch_diff.py --ckpt build/tools/ckpt/ckpt --python /usr/bin/python3 \
       --python ~/.cache/ckpt/venv/bin/python --variants 6 --seed 1
   torch_diff.py ... --seconds 3600 --state campaign.json   # long campaign
+  torch_diff.py ... --cpu-seconds 3600 --state campaign.json   # 1 CPU-hour
 
 The campaign mode generates rounds (seed, seed+1, ...) until the time is
-spent, records the next seed in --state after each round so a rerun resumes
+spent (wall time with --seconds; CPU time of the driver and every child,
+torch and ckpt, with --cpu-seconds, summed over resumed runs), records the
+next seed and the CPU time spent in --state after each round so a rerun resumes
 where the last one stopped, and keeps every failing file under --workdir.
 No third-party module is needed by the driver; the children need torch.
 """
@@ -30,6 +33,7 @@ import json
 import os
 import pickle
 import random
+import resource
 import shutil
 import struct
 import subprocess
@@ -462,6 +466,8 @@ def main():
     ap.add_argument("--variants", type=int, default=4, help="files per class per round")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=0, help="campaign: rounds until this many seconds pass")
+    ap.add_argument("--cpu-seconds", type=float, default=0,
+                    help="campaign: rounds until the driver and its children used this much CPU time")
     ap.add_argument("--state", default=None, help="campaign: JSON file holding the next seed (resumable)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--verbose", action="store_true")
@@ -473,9 +479,21 @@ def main():
     base = {n: zip_entries(os.path.join(basedir, n)) for n in ("benign_a.pt", "benign_b.pt")}
     failures = check_quantized(args, basedir)
     seed = args.seed
+    cpu_before = 0.0
+    files_before = failures_before = 0
     if args.state and os.path.exists(args.state):
         with open(args.state) as f:
-            seed = json.load(f)["next_seed"]
+            st = json.load(f)
+        seed = st["next_seed"]
+        cpu_before = st.get("cpu_seconds", 0.0)
+        files_before = st.get("files", 0)
+        failures_before = st.get("failures", 0)
+
+    def cpu_used():
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cpu_before + me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
     start = time.time()
     total = executed = rounds = 0
     while True:
@@ -491,11 +509,17 @@ def main():
         seed += 1
         if args.state:
             with open(args.state, "w") as f:
-                json.dump({"next_seed": seed, "files": total, "failures": len(failures)}, f)
-        if args.seconds <= 0 or time.time() - start >= args.seconds:
+                json.dump({"next_seed": seed, "files": files_before + total,
+                           "failures": failures_before + len(failures),
+                           "cpu_seconds": round(cpu_used(), 1)}, f)
+        if args.cpu_seconds > 0:
+            if cpu_used() >= args.cpu_seconds:
+                break
+        elif args.seconds <= 0 or time.time() - start >= args.seconds:
             break
-    print("%d rounds, %d files, %d torch executions of a payload, %d failures (seeds %d..%d, %.0f s)" %
-          (rounds, total, executed, len(failures), seed - rounds, seed - 1, time.time() - start))
+    print("%d rounds, %d files, %d torch executions of a payload, %d failures (seeds %d..%d, %.0f s wall, "
+          "%.0f s CPU in total)" % (rounds, total, executed, len(failures), seed - rounds, seed - 1,
+                                    time.time() - start, cpu_used()))
     for f in failures:
         print("FAIL:", f)
     if executed == 0:
