@@ -373,7 +373,7 @@ CLASSES = {
 def run_torch(python, paths, timeout):
     if not paths:
         return {}
-    p = subprocess.run([python, "-c", LOADER], input="\n".join(paths) + "\n", capture_output=True, text=True,
+    p = subprocess.run([python, "-c", LOADER], input="\n".join(paths) + "\n", capture_output=True, text=True, errors="backslashreplace",
                        timeout=timeout, cwd=tempfile.gettempdir())
     out = {}
     for line in p.stdout.splitlines():
@@ -388,8 +388,8 @@ def run_torch(python, paths, timeout):
 
 
 def run_ckpt(ckpt, path):
-    s = subprocess.run([ckpt, "scan", path], capture_output=True, text=True, timeout=120)
-    ls = subprocess.run([ckpt, "ls", "--json", path], capture_output=True, text=True, timeout=120)
+    s = subprocess.run([ckpt, "scan", path], capture_output=True, text=True, errors="backslashreplace", timeout=120)
+    ls = subprocess.run([ckpt, "ls", "--json", path], capture_output=True, text=True, errors="backslashreplace", timeout=120)
     tensors = None
     if ls.returncode == 0:
         try:
@@ -407,7 +407,7 @@ def make_base(python, workdir):
     script = os.path.join(workdir, "make_base.py")  # torch.jit.script needs a source file
     with open(script, "w") as f:
         f.write(MAKE_BASE)
-    p = subprocess.run([python, script, d], capture_output=True, text=True, timeout=600)
+    p = subprocess.run([python, script, d], capture_output=True, text=True, errors="backslashreplace", timeout=600)
     if p.returncode != 0:
         raise RuntimeError("making the base files failed:\n" + p.stderr[-3000:])
     return d
@@ -452,7 +452,7 @@ def check_quantized(args, basedir):
     failures = []
     for name in ("quantized_state_dict.pt", "quantized_scripted.pt", "quantized_tensor.pt"):
         path = os.path.join(basedir, name)
-        s = subprocess.run([args.ckpt, "scan", path], capture_output=True, text=True, timeout=120)
+        s = subprocess.run([args.ckpt, "scan", path], capture_output=True, text=True, errors="backslashreplace", timeout=120)
         if s.returncode != 0 or "error" in s.stdout.split("\n", 1)[0].lower():
             failures.append("%s: ckpt scan exits %d on a valid quantized checkpoint:\n%s" % (path, s.returncode, s.stdout + s.stderr))
     return failures
