@@ -60,11 +60,18 @@ void raise_ckpt_error(const ckpt::Error& e) {
   else if (dynamic_cast<const ckpt::UnsafeError*>(&e)) cls = g_errors->unsafe;
   else if (dynamic_cast<const ckpt::TypeError*>(&e)) cls = g_errors->type;
   try {
+    // what() and message() are printable UTF-8 (ckpt::Error escapes them); the context's
+    // file and record are raw bytes: a path decodes as os.fsdecode does (surrogateescape,
+    // so it opens again), a record name from a hostile file with backslash escapes.
+    auto decode = [](const std::string& s, const char* errors) -> nb::object {
+      if (s.empty()) return nb::none();
+      return nb::steal(PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), errors));
+    };
     nb::object inst = cls(nb::str(e.what()));
     inst.attr("message") = nb::str(e.message().c_str());
     const auto& c = e.context();
-    inst.attr("file") = c.file.empty() ? nb::none() : nb::object(nb::str(c.file.c_str()));
-    inst.attr("record") = c.record.empty() ? nb::none() : nb::object(nb::str(c.record.c_str()));
+    inst.attr("file") = decode(c.file, "surrogateescape");
+    inst.attr("record") = decode(c.record, "backslashreplace");
     inst.attr("offset") = c.offset ? nb::object(nb::int_(*c.offset)) : nb::none();
     if (auto* io = dynamic_cast<const ckpt::IoError*>(&e)) inst.attr("errno") = nb::int_(io->code());
     PyErr_SetObject(cls.ptr(), inst.ptr());

@@ -120,6 +120,20 @@ def test_errors_carry_context(tmp_path):
     assert ei.value.file and "bad.pt" in str(ei.value)
 
 
+@needs_torch
+def test_errors_on_hostile_record_names_are_python_strings(tmp_path):
+    """A record name that is not UTF-8 (found by the differential campaign) raises
+    ckpt.FormatError with printable text, not a str() conversion error."""
+    good = tmp_path / "u8.pt"
+    torch.save({"a": torch.ones(2)}, good)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes().replace(b"u8/data.pkl", b"u8\xb7data.pkl"))
+    with pytest.raises(ckpt.FormatError) as ei:
+        ckpt.load(bad)
+    assert "\\xb7" in str(ei.value) and "\\xb7" in ei.value.message
+    assert ei.value.file.endswith("bad.pt")
+
+
 def _hostile_files():
     manifest = json.loads((HOSTILE / "manifest.json").read_text())
     return sorted(manifest.items())

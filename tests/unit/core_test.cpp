@@ -101,3 +101,22 @@ TEST(Error, RendersContext) {
   FormatError e("bad opcode", ErrorContext{"model.pt", "archive/data.pkl", 0x1a3});
   EXPECT_STREQ(e.what(), "model.pt: record 'archive/data.pkl': offset 0x1a3: bad opcode");
 }
+
+// Messages quote names and strings from hostile files: what() and message()
+// are printable, valid UTF-8 whatever those bytes are (Python's str(), JSON
+// writers and terminals take them as they are).
+TEST(Error, MessagesAreEscapedToPrintableUtf8) {
+  const std::string raw = std::string("key '\xb7\xff\x1b[31m\x7f' \xc2\x9b n\u00e9 \xe2\x82\xac \xf0\x9f\x98\x80") +
+                          " \xed\xa0\x80 \xc0\xaf \xe2\x82 line\nnext\ttab";
+  FormatError e(raw, ErrorContext{std::string("dir/m\x01.pt"), std::string("archive/d\xfe.pkl"), 4});
+  EXPECT_EQ(e.message(),
+            "key '\\xb7\\xff\\x1b[31m\\x7f' \\u009b n\u00e9 \xe2\x82\xac \xf0\x9f\x98\x80 "
+            "\\xed\\xa0\\x80 \\xc0\\xaf \\xe2\\x82 line\nnext\ttab");
+  EXPECT_EQ(std::string(e.what()), "dir/m\\x01.pt: record 'archive/d\\xfe.pkl': offset 0x4: " + e.message());
+  // Context added on the way up is escaped too.
+  FormatError inner("x", ErrorContext{});
+  inner.add_context(ErrorContext{std::string("\x80.pt")});
+  EXPECT_STREQ(inner.what(), "\\x80.pt: x");
+  // Plain messages are untouched.
+  EXPECT_STREQ(FormatError("plain: 'a.b' [1, 2]").what(), "plain: 'a.b' [1, 2]");
+}

@@ -93,6 +93,23 @@ bool has_pickle(const ckpt::ScanReport& r, const std::string& name) {
   return std::find(r.pickles.begin(), r.pickles.end(), name) != r.pickles.end();
 }
 
+// A record name that is not UTF-8 reaches the error message escaped (found by the
+// differential campaign: the raw bytes broke Python's str() of the exception).
+TEST(TorchInterpretation, ErrorsQuoteHostileRecordNamesEscaped) {
+  const std::string bytes = write_zip(records_a(kPickleA, std::string("archive\xb7" "data.pkl")));
+  ckpt::testing::TempDir dir;
+  const std::string path = dir.path() + "/f";
+  ckpt::testing::write_file(path, bytes);
+  try {
+    ckpt::load_state_dict(path);
+    FAIL() << "loaded";
+  } catch (const ckpt::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("\\xb7"), std::string::npos) << what;
+    EXPECT_EQ(what.find('\xb7'), std::string::npos) << what;
+  }
+}
+
 // (a) torch's reader finds data.pkl ignoring case.
 TEST(TorchInterpretation, DataPklIsLocatedIgnoringCase) {
   const std::string evil = write_zip(records_a(kEvil, "archive/DATA.PKL"));
