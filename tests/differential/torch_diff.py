@@ -9,7 +9,9 @@ per file (payloads only `touch` a canary there), and through `ckpt scan` and
 `ckpt ls --json`. It fails on any file where
 
   * torch executed the payload (the canary exists) and `ckpt scan` exits 0, or
-  * torch loaded a dict of tensors and `ckpt ls` lists other names/shapes.
+  * torch loaded a dict of tensors and `ckpt ls` lists other names/shapes, or
+  * ckpt printed bytes that are not UTF-8 (what a file holds must reach the
+    terminal escaped).
 
 Also checks issue #19 item 6: quantized checkpoints saved by the real torch
 (torch.save of a quantized model's state dict, torch.jit.save of a quantized
@@ -388,17 +390,31 @@ def run_torch(python, paths, timeout):
 
 
 def run_ckpt(ckpt, path):
-    s = subprocess.run([ckpt, "scan", path], capture_output=True, text=True, errors="backslashreplace", timeout=120)
-    ls = subprocess.run([ckpt, "ls", "--json", path], capture_output=True, text=True, errors="backslashreplace", timeout=120)
+    """(scan exit code, scan output, ls's {name: shape} or None, problems): problems lists
+    output that is not UTF-8 (ckpt escapes what a file holds before printing it)."""
+    problems = []
+
+    def run(argv):
+        p = subprocess.run(argv, capture_output=True, timeout=120)
+        for stream, data in (("stdout", p.stdout), ("stderr", p.stderr)):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append("`%s` wrote bytes that are not UTF-8 to %s (%s): %r" %
+                                (" ".join(argv[1:-1]), stream, e.reason, data[max(0, e.start - 40):e.end + 40]))
+        return p.returncode, p.stdout.decode("utf-8", "backslashreplace"), p.stderr.decode("utf-8", "backslashreplace")
+
+    rc, scan_out, scan_err = run([ckpt, "scan", path])
+    ls_rc, ls_out, _ = run([ckpt, "ls", "--json", path])
     tensors = None
-    if ls.returncode == 0:
+    if ls_rc == 0:
         try:
-            doc = json.loads(ls.stdout)
+            doc = json.loads(ls_out)
             items = doc.get("tensors", doc) if isinstance(doc, dict) else doc
             tensors = {t["path"]: list(t["shape"]) for t in items}
         except (ValueError, KeyError, TypeError):
             tensors = "unparsed"
-    return s.returncode, s.stdout + s.stderr, tensors
+    return rc, scan_out + scan_err, tensors, problems
 
 
 def make_base(python, workdir):
@@ -427,7 +443,8 @@ def one_round(args, base, basedir, seed, outdir):
     results = {py: run_torch(py, [p for _, p in files], args.timeout) for py in args.python}
     executed_any = 0
     for cls, path in files:
-        rc, scan_out, ls = run_ckpt(args.ckpt, path)
+        rc, scan_out, ls, problems = run_ckpt(args.ckpt, path)
+        failures += ["%s [%s]: %s" % (path, cls, p) for p in problems]
         for py in args.python:
             r = results[py].get(path)
             if r is None:
