@@ -11,6 +11,7 @@
 #include <unordered_set>
 
 #include "ckpt/error.hpp"
+#include "core/hex.hpp"
 
 namespace ckpt::formats {
 namespace {
@@ -143,7 +144,6 @@ std::string shape_string(const std::vector<uint64_t>& shape) {
 // characters are escaped (\b \t \n \f \r by name, the rest as \u00xx in
 // lower-case hex); '/', DEL and all non-ASCII bytes are written raw.
 void append_json_string(std::string& out, std::string_view s) {
-  static const char* hex = "0123456789abcdef";
   out += '"';
   for (char ch : s) {
     auto c = static_cast<unsigned char>(ch);
@@ -172,8 +172,7 @@ void append_json_string(std::string& out, std::string_view s) {
       default:
         if (c < 0x20) {
           out += "\\u00";
-          out += hex[c >> 4];
-          out += hex[c & 15];
+          append_hex_byte(out, c);
         } else {
           out += ch;
         }
