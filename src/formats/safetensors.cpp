@@ -11,6 +11,7 @@
 #include <unordered_set>
 
 #include "ckpt/error.hpp"
+#include "core/checked.hpp"
 #include "core/hex.hpp"
 
 namespace ckpt::formats {
@@ -560,9 +561,9 @@ SafetensorsHeader read_safetensors_header(const io::RandomAccessFile& file) {
 
     uint64_t numel = 1, bits = 0;
     for (uint64_t d : e.shape)
-      if (__builtin_mul_overflow(numel, d, &numel))
+      if (mul_overflows(numel, d, numel))
         throw FormatError("shape " + shape_string(e.shape) + " has more elements than fit in 64 bits", ctx());
-    if (__builtin_mul_overflow(numel, uint64_t{e.code->bits}, &bits))
+    if (mul_overflows(numel, uint64_t{e.code->bits}, bits))
       throw FormatError("shape " + shape_string(e.shape) + " of " + std::string(e.code->code) +
                             " needs more bytes than fit in 64 bits",
                         ctx());
@@ -824,7 +825,7 @@ void write_safetensors(io::WritableFile& out, const std::vector<std::pair<std::s
         throw UnsupportedError("tensor " + quote_name(name) +
                                " is a 0-dim float4_e2m1fn_x2; safetensors' F4 needs at least one "
                                "dimension to hold the two packed values");
-      if (__builtin_mul_overflow(shape.back(), int64_t{2}, &shape.back()))
+      if (mul_overflows(shape.back(), int64_t{2}, shape.back()))
         throw UnsupportedError("tensor " + quote_name(name) + ": F4 shape overflows");
     }
     plan.push_back({&name, &t, code, std::move(shape), t.nbytes()});
