@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ckpt/error.hpp"
+#include "core/hex.hpp"
 #include "ckpt/sparse.hpp"
 
 namespace ckpt {
@@ -125,13 +126,7 @@ std::string tensor_sha256(const Tensor& t) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(ctx.get(), md, &len);
-  static const char* digits = "0123456789abcdef";
-  std::string hex;
-  for (unsigned i = 0; i < len; ++i) {
-    hex += digits[md[i] >> 4];
-    hex += digits[md[i] & 15];
-  }
-  return hex;
+  return to_hex(std::span<const unsigned char>(md, len));
 }
 
 }  // namespace ckpt

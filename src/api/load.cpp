@@ -5,6 +5,7 @@
 
 #include "api/open_internal.hpp"
 #include "api/sharded_internal.hpp"
+#include "core/hex.hpp"
 #include "ckpt/distributed.hpp"
 #include "ckpt/open.hpp"
 
@@ -87,12 +88,9 @@ Format refine_zip(const std::shared_ptr<io::RandomAccessFile>& file) {
 }
 
 std::string hex_prefix(std::span<const std::byte> b) {
-  static const char* digits = "0123456789abcdef";
   std::string s;
   for (size_t i = 0; i < std::min<size_t>(b.size(), 8); ++i) {
-    auto c = static_cast<unsigned char>(b[i]);
-    s += digits[c >> 4];
-    s += digits[c & 15];
+    append_hex_byte(s, static_cast<unsigned char>(b[i]));
     s += ' ';
   }
   if (!s.empty()) s.pop_back();

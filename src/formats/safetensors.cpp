@@ -11,6 +11,9 @@
 #include <unordered_set>
 
 #include "ckpt/error.hpp"
+#include "core/checked.hpp"
+#include "core/hex.hpp"
+#include "core/utf8.hpp"
 
 namespace ckpt::formats {
 namespace {
@@ -78,42 +81,6 @@ void store_u64_le(uint64_t v, std::byte* p) {
   for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>((v >> (8 * i)) & 0xff);
 }
 
-// Offset of the first byte that is not part of well-formed UTF-8 (RFC 3629:
-// no overlongs, no surrogates, nothing above U+10FFFF), or npos.
-size_t invalid_utf8_at(std::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const size_t n = s.size();
-  size_t i = 0;
-  while (i < n) {
-    unsigned char c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xbf;  // allowed range of the second byte
-    if (c >= 0xc2 && c <= 0xdf) {
-      len = 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-      len = 3;
-      if (c == 0xe0) lo = 0xa0;
-      if (c == 0xed) hi = 0x9f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      len = 4;
-      if (c == 0xf0) lo = 0x90;
-      if (c == 0xf4) hi = 0x8f;
-    } else {
-      return i;
-    }
-    if (n - i < len) return i;
-    if (p[i + 1] < lo || p[i + 1] > hi) return i;
-    for (size_t k = 2; k < len; ++k)
-      if (p[i + k] < 0x80 || p[i + k] > 0xbf) return i;
-    i += len;
-  }
-  return std::string_view::npos;
-}
-
 // A name for error messages: printable, with quotes.
 std::string quote_name(std::string_view s) {
   std::string out = "'";
@@ -143,7 +110,6 @@ std::string shape_string(const std::vector<uint64_t>& shape) {
 // characters are escaped (\b \t \n \f \r by name, the rest as \u00xx in
 // lower-case hex); '/', DEL and all non-ASCII bytes are written raw.
 void append_json_string(std::string& out, std::string_view s) {
-  static const char* hex = "0123456789abcdef";
   out += '"';
   for (char ch : s) {
     auto c = static_cast<unsigned char>(ch);
@@ -172,8 +138,7 @@ void append_json_string(std::string& out, std::string_view s) {
       default:
         if (c < 0x20) {
           out += "\\u00";
-          out += hex[c >> 4];
-          out += hex[c & 15];
+          append_hex_byte(out, c);
         } else {
           out += ch;
         }
@@ -512,7 +477,7 @@ SafetensorsHeader read_safetensors_header(const io::RandomAccessFile& file) {
   if (header[0] != '{')
     throw FormatError("header does not start with '{' (the safetensors spec requires a JSON object first)",
                       ErrorContext{name, "", 8});
-  if (size_t bad = invalid_utf8_at(header); bad != std::string_view::npos)
+  if (size_t bad = utf8::invalid_at(header); bad != std::string_view::npos)
     throw FormatError("header is not valid UTF-8", ErrorContext{name, "", 8 + bad});
 
   // nlohmann's lexer takes a NUL byte for the end of the input, so "{}\0junk"
@@ -561,9 +526,9 @@ SafetensorsHeader read_safetensors_header(const io::RandomAccessFile& file) {
 
     uint64_t numel = 1, bits = 0;
     for (uint64_t d : e.shape)
-      if (__builtin_mul_overflow(numel, d, &numel))
+      if (mul_overflows(numel, d, numel))
         throw FormatError("shape " + shape_string(e.shape) + " has more elements than fit in 64 bits", ctx());
-    if (__builtin_mul_overflow(numel, uint64_t{e.code->bits}, &bits))
+    if (mul_overflows(numel, uint64_t{e.code->bits}, bits))
       throw FormatError("shape " + shape_string(e.shape) + " of " + std::string(e.code->code) +
                             " needs more bytes than fit in 64 bits",
                         ctx());
@@ -793,7 +758,7 @@ class DataWriter {
 };
 
 void check_utf8_name(std::string_view s, const std::string& what) {
-  if (invalid_utf8_at(s) != std::string_view::npos)
+  if (utf8::invalid_at(s) != std::string_view::npos)
     throw TypeError(what + " " + quote_name(s) + " is not valid UTF-8; safetensors headers are UTF-8 JSON");
 }
 
@@ -825,7 +790,7 @@ void write_safetensors(io::WritableFile& out, const std::vector<std::pair<std::s
         throw UnsupportedError("tensor " + quote_name(name) +
                                " is a 0-dim float4_e2m1fn_x2; safetensors' F4 needs at least one "
                                "dimension to hold the two packed values");
-      if (__builtin_mul_overflow(shape.back(), int64_t{2}, &shape.back()))
+      if (mul_overflows(shape.back(), int64_t{2}, shape.back()))
         throw UnsupportedError("tensor " + quote_name(name) + ": F4 shape overflows");
     }
     plan.push_back({&name, &t, code, std::move(shape), t.nbytes()});

@@ -39,6 +39,7 @@
 #include "ckpt/error.hpp"
 #include "ckpt/manager.hpp"
 #include "ckpt/save.hpp"  // SaveOptions
+#include "core/hex.hpp"
 #include "container/zip.hpp"
 #include "formats/torch_zip.hpp"
 #include "formats/torch_zip_writer.hpp"
@@ -90,12 +91,6 @@ std::pair<uint64_t, uint32_t> checksum_file(const std::string& path) {
     off += n;
   }
   return {f->size(), crc};
-}
-
-std::string hex32(uint32_t v) {
-  char buf[9];
-  std::snprintf(buf, sizeof buf, "%08x", v);
-  return buf;
 }
 
 // A temporary io::write_atomically makes: ".<name>.tmp.<pid>.<counter>.<random>".

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt/error.hpp"
+#include "core/hex.hpp"
 
 namespace ckpt::manager {
 namespace {
@@ -31,12 +32,6 @@ bool metric_from_json(const nlohmann::json& j, double& out) {
     return true;
   }
   return false;
-}
-
-std::string hex32(uint32_t v) {
-  char buf[9];
-  std::snprintf(buf, sizeof buf, "%08x", v);
-  return buf;
 }
 
 bool parse_hex32(const std::string& s, uint32_t& out) {
