@@ -183,7 +183,7 @@ TEST(UnpicklerMemo, ReadBeforeWriteAndMemoOfAContainerShares) {
 
 TEST(UnpicklerBudget, MemoReadsOfALongStringAreChargedBeforeTheCopy) {
   // A 64 KiB string stored once and read back 4096 times: 256 MiB of copies
-  // from a pickle of 72 KiB (budget 32 MiB + 64 x 72 KiB = 36.5 MiB).
+  // from a pickle of 72 KiB (budget 32 MiB + 128 x 72 KiB = 41 MiB).
   std::string p = "\x80\x02(" + str_op(std::string(64 << 10, 'a')) + "q\x00"s;
   for (int i = 0; i < 4096; ++i) p += "h\x00"s;
   p += "l.";
@@ -202,7 +202,7 @@ TEST(UnpicklerBudget, MemoReadsOfALongStringAreChargedBeforeTheCopy) {
 
 TEST(UnpicklerBudget, DenseButShortPicklesFitTheBudget) {
   // 2^18 empty dicts in one list (4 bytes each) and 2^18 small ints: real
-  // objects, well within 64 bytes per pickle byte.
+  // objects, well within 128 bytes per pickle byte.
   std::string p = "\x80\x02](";
   for (int i = 0; i < (1 << 18); ++i) p += "}K\x07";
   p += "e.";
