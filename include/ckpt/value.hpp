@@ -170,31 +170,28 @@ class Value {
  private:
   // A large alternative held out of line so that a Value stays small
   // (sizeof(Value) <= 48: a list of a million ints is 48 MB, not 150).
-  // Value semantics: copying a Box copies the object (a Tensor copy shares
-  // its storage, as before). A moved-from Box reads as a default object.
+  // Copy on write: copying a Value shares the object (a memo read of a
+  // tensor or a global costs no allocation); the non-const accessor gives
+  // the Value its own copy first when another Value shares it, so Values
+  // keep value semantics. A moved-from Box reads as a default object.
   template <class T>
   class Box {
    public:
-    explicit Box(T v) : p_(std::make_unique<T>(std::move(v))) {}
-    Box(const Box& o) : p_(o.p_ ? std::make_unique<T>(*o.p_) : nullptr) {}
-    Box(Box&&) noexcept = default;
-    Box& operator=(const Box& o) {
-      if (this != &o) p_ = o.p_ ? std::make_unique<T>(*o.p_) : nullptr;
-      return *this;
-    }
-    Box& operator=(Box&&) noexcept = default;
-    ~Box() = default;
+    explicit Box(T v) : p_(std::make_shared<T>(std::move(v))) {}
     const T& get() const {
       static const T empty{};
       return p_ ? *p_ : empty;
     }
     T& get() {
-      if (!p_) p_ = std::make_unique<T>();
+      if (!p_)
+        p_ = std::make_shared<T>();
+      else if (p_.use_count() > 1)
+        p_ = std::make_shared<T>(*p_);
       return *p_;
     }
 
    private:
-    std::unique_ptr<T> p_;
+    std::shared_ptr<T> p_;
   };
   struct Sequence {
     Kind kind;

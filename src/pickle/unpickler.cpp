@@ -139,8 +139,8 @@ constexpr uint64_t kKeyWorkPerByte = 16;
 
 // What the objects a pickle builds may cost, charged before each one is made:
 // a Value on the stack or in a container, a container, a memo slot, the copy
-// a memo read makes of a string or of an out-of-line value (tensor, storage,
-// global...). A memo read that shares a container costs one Value. Real
+// a memo read makes of a string (or bytes, big int, Size, device). A memo read
+// that shares a container, tensor, storage or global costs one Value. Real
 // checkpoints need ~20 bytes per byte of pickle (a state dict of small tensors:
 // ~2 KB of objects per ~110 bytes of pickle); a memoized empty list costs ~100
 // per byte (protocol 4: 2 bytes). Only containers of one or two bytes each
@@ -148,7 +148,6 @@ constexpr uint64_t kKeyWorkPerByte = 16;
 constexpr uint64_t kGrowthBase = uint64_t{32} << 20;
 constexpr uint64_t kGrowthPerByte = 128;
 constexpr uint64_t kContainerCost = 160;  // a Dict / sequence / Object, its shared_ptr block, its arena_ entry
-constexpr uint64_t kBoxCost = 192;        // an out-of-line alternative (Tensor...) copied by a memo read
 
 // Untrusted text quoted in error messages is cut to this many bytes.
 constexpr size_t kMaxQuoted = 60;
@@ -547,10 +546,7 @@ class Machine final : public CallContext {
       case Value::Kind::BigInt: charge(v->as_bigint().bytes.size()); break;
       case Value::Kind::Size: charge(v->as_size().dims.size() * sizeof(int64_t)); break;
       case Value::Kind::Device: charge(v->as_device().name.size()); break;
-      case Value::Kind::Tensor:
-      case Value::Kind::Storage:
-      case Value::Kind::Global: charge(kBoxCost); break;
-      default: break;
+      default: break;  // containers, tensors, storages and globals are shared, not copied
     }
     push(*v);
   }

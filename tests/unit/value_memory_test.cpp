@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ckpt/error.hpp"
@@ -42,7 +43,7 @@ TEST(ValueLayout, ValueIsAtMost48BytesAndDictIsSmall) {
   EXPECT_LE(sizeof(Dict), 96u);
 }
 
-TEST(ValueLayout, OutOfLineTensorKeepsValueSemantics) {
+TEST(ValueLayout, OutOfLineTensorIsCopyOnWrite) {
   Value a(Tensor::from_bytes(DType::uint8, {2}, bytes_of("ab")));
   Value b = a;  // a copy, not a shared handle
   b.as_tensor() = Tensor::empty(DType::float32, {3, 4});
@@ -58,6 +59,16 @@ TEST(ValueLayout, OutOfLineTensorKeepsValueSemantics) {
   Value h = g;
   EXPECT_EQ(h.as_global().qualified(), "collections.OrderedDict");
   EXPECT_EQ(h.hash(), g.hash());
+
+  // Copies share the out-of-line object until one of them is written through.
+  Value x(Tensor::from_bytes(DType::uint8, {2}, bytes_of("xy")));
+  Value y = x;
+  EXPECT_EQ(&std::as_const(x).as_tensor(), &std::as_const(y).as_tensor());
+  Tensor& own = y.as_tensor();  // y gets its own copy
+  EXPECT_NE(&std::as_const(x).as_tensor(), &own);
+  own = Tensor::empty(DType::int64, {1});
+  EXPECT_EQ(std::as_const(x).as_tensor().dtype(), DType::uint8);
+  EXPECT_EQ(&y.as_tensor(), &own);  // not shared any more: no second copy
 
   // A moved-from Value stays usable (reads as a default object of its kind).
   Value moved = std::move(a);
