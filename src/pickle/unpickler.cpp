@@ -141,13 +141,17 @@ constexpr uint64_t kKeyWorkPerByte = 16;
 // a Value on the stack or in a container, a container, a memo slot, the copy
 // a memo read makes of a string (or bytes, big int, Size, device). A memo read
 // that shares a container, tensor, storage or global costs one Value. Real
-// checkpoints need ~20 bytes per byte of pickle (a state dict of small tensors:
-// ~2 KB of objects per ~110 bytes of pickle); a memoized empty list costs ~100
-// per byte (protocol 4: 2 bytes). Only containers of one or two bytes each
-// with nothing in them go past 128 per byte. For a 1 MB pickle: 160 MiB.
+// checkpoints need ~20 bytes per byte of pickle (estimated for a state dict of
+// small tensors: ~2 KB of charges per ~100 bytes of pickle); a memoized empty
+// list costs 108 per byte (protocol 4: 2 bytes for 48 + 112 + 56). Only
+// containers of one or two bytes each with nothing in them go past 128 per
+// byte. For a 1 MB pickle: 160 MiB.
 constexpr uint64_t kGrowthBase = uint64_t{32} << 20;
 constexpr uint64_t kGrowthPerByte = 128;
-constexpr uint64_t kContainerCost = 160;  // a Dict / sequence / Object, its shared_ptr block, its arena_ entry
+// A container with its shared_ptr block, malloc's header and its arena_ entry.
+constexpr uint64_t kSequenceCost = 112;  // list, tuple, set
+constexpr uint64_t kDictCost = 168;
+constexpr uint64_t kObjectCost = 320;    // an inert Object (inspection)
 
 // Untrusted text quoted in error messages is cut to this many bytes.
 constexpr size_t kMaxQuoted = 60;
@@ -504,7 +508,7 @@ class Machine final : public CallContext {
   }
   Value track(Value v) {
     if (v.container_id() != nullptr) {
-      charge(kContainerCost);
+      charge(v.is_dict() ? kDictCost : v.is_object() ? kObjectCost : kSequenceCost);
       arena_.push_back(v);
     }
     return v;
