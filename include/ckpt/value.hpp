@@ -87,13 +87,13 @@ class Value {
   Value(const char* s) : v_(std::string(s)) {}
   Value(std::string s) : v_(std::move(s)) {}
   Value(std::string_view s) : v_(std::string(s)) {}
-  Value(ckpt::Tensor t) : v_(std::move(t)) {}
-  Value(StorageValue s) : v_(std::move(s)) {}
+  Value(ckpt::Tensor t) : v_(Box<ckpt::Tensor>(std::move(t))) {}
+  Value(StorageValue s) : v_(Box<StorageValue>(std::move(s))) {}
   Value(ckpt::DType d) : v_(d) {}
   Value(ckpt::Device d) : v_(std::move(d)) {}
   Value(ckpt::Size s) : v_(std::move(s)) {}
   Value(ckpt::BigInt b) : v_(std::move(b)) {}
-  Value(ckpt::Global g) : v_(std::move(g)) {}
+  Value(ckpt::Global g) : v_(Box<ckpt::Global>(std::move(g))) {}
   Value(std::shared_ptr<ckpt::Dict> d);
   Value(std::shared_ptr<Object> o);
 
@@ -168,6 +168,31 @@ class Value {
   bool hashable() const noexcept;
 
  private:
+  // A large alternative held out of line so that a Value stays small
+  // (sizeof(Value) <= 48: a list of a million ints is 48 MB, not 150).
+  // Copy on write: copying a Value shares the object (a memo read of a
+  // tensor or a global costs no allocation); the non-const accessor gives
+  // the Value its own copy first when another Value shares it, so Values
+  // keep value semantics. A moved-from Box reads as a default object.
+  template <class T>
+  class Box {
+   public:
+    explicit Box(T v) : p_(std::make_shared<T>(std::move(v))) {}
+    const T& get() const {
+      static const T empty{};
+      return p_ ? *p_ : empty;
+    }
+    T& get() {
+      if (!p_)
+        p_ = std::make_shared<T>();
+      else if (p_.use_count() > 1)
+        p_ = std::make_shared<T>(*p_);
+      return *p_;
+    }
+
+   private:
+    std::shared_ptr<T> p_;
+  };
   struct Sequence {
     Kind kind;
     List items;
@@ -179,8 +204,8 @@ class Value {
   using Variant =
       std::variant<std::monostate, bool, int64_t, ckpt::BigInt, double, std::complex<double>,
                    std::string, BytesBox, std::shared_ptr<Sequence>, std::shared_ptr<ckpt::Dict>,
-                   ckpt::Tensor, StorageValue, ckpt::DType, ckpt::Device, ckpt::Size, ckpt::Global,
-                   std::shared_ptr<Object>>;
+                   Box<ckpt::Tensor>, Box<StorageValue>, ckpt::DType, ckpt::Device, ckpt::Size,
+                   Box<ckpt::Global>, std::shared_ptr<Object>>;
   Variant v_;
   static Value make_sequence(Kind kind, List items);
   [[noreturn]] void type_error(std::string_view expected) const;
@@ -188,7 +213,9 @@ class Value {
 
 // An ordered dict. Keys may be any hashable Value (strings, ints, tuples...).
 // Insertion order is kept; setting an existing key keeps its position, as
-// Python's dict does.
+// Python's dict does. A dict of up to kLinearMax items is searched linearly
+// and has no hash index; a larger one keeps an open-addressing index, built
+// when it grows past kLinearMax. Lookups never modify the dict.
 class Dict {
  public:
   using Item = std::pair<Value, Value>;
@@ -219,9 +246,27 @@ class Dict {
   void reserve(size_t n);
   void clear();
 
+  static constexpr size_t kLinearMax = 8;
+  // Whether the hash index exists (size() > kLinearMax), for tests.
+  bool indexed() const noexcept { return index_ != nullptr; }
+
+  Dict() = default;
+  Dict(const Dict& o);
+  Dict(Dict&&) noexcept = default;
+  Dict& operator=(const Dict& o);
+  Dict& operator=(Dict&&) noexcept = default;
+  ~Dict() = default;
+
  private:
+  struct Index;
+  struct IndexDeleter {
+    void operator()(Index* p) const noexcept;
+  };
+  static constexpr size_t npos = static_cast<size_t>(-1);
   std::vector<Item> items_;
-  std::unordered_multimap<size_t, size_t> index_;  // hash -> position in items_
+  std::unique_ptr<Index, IndexDeleter> index_;  // null while size() <= kLinearMax
+  size_t position(const Value& key) const;       // of key in items_, or npos
+  void build_index();
 };
 
 // An instance of a class that is not on the allow-list, kept inert
@@ -237,5 +282,7 @@ struct Object {
   std::vector<Dict::Item> dict_items;  // SETITEM(S) onto the object (dict subclasses)
   std::string qualified() const { return module + "." + name; }
 };
+
+static_assert(sizeof(Value) <= 48, "a Value holds large alternatives out of line");
 
 }  // namespace ckpt

@@ -180,15 +180,15 @@ Dict& Value::as_dict() const {
   type_error("dict");
 }
 const ckpt::Tensor& Value::as_tensor() const {
-  if (auto* t = std::get_if<ckpt::Tensor>(&v_)) return *t;
+  if (auto* t = std::get_if<Box<ckpt::Tensor>>(&v_)) return t->get();
   type_error("Tensor");
 }
 ckpt::Tensor& Value::as_tensor() {
-  if (auto* t = std::get_if<ckpt::Tensor>(&v_)) return *t;
+  if (auto* t = std::get_if<Box<ckpt::Tensor>>(&v_)) return t->get();
   type_error("Tensor");
 }
 const StorageValue& Value::as_storage() const {
-  if (auto* s = std::get_if<StorageValue>(&v_)) return *s;
+  if (auto* s = std::get_if<Box<StorageValue>>(&v_)) return s->get();
   type_error("Storage");
 }
 ckpt::DType Value::as_dtype() const {
@@ -208,7 +208,7 @@ const ckpt::BigInt& Value::as_bigint() const {
   type_error("big int");
 }
 const ckpt::Global& Value::as_global() const {
-  if (auto* g = std::get_if<ckpt::Global>(&v_)) return *g;
+  if (auto* g = std::get_if<Box<ckpt::Global>>(&v_)) return g->get();
   type_error("global");
 }
 Object& Value::as_object() const {
@@ -537,14 +537,84 @@ size_t Value::hash() const {
 
 // ---------------------------------------------------------------- Dict
 
-Value* Dict::find(const Value& key) {
-  auto [lo, hi] = index_.equal_range(key.hash());
-  for (auto it = lo; it != hi; ++it)
-    if (items_[it->second].first == key) return &items_[it->second].second;
-  return nullptr;
+// Open addressing with linear probing over positions in items_. hashes[i] is
+// items_[i].first.hash(); slots hold position + 1 (0: empty). At most half
+// full. Covers items_[0, hashes.size()); index() extends it to every item.
+struct Dict::Index {
+  std::vector<size_t> hashes;
+  std::vector<size_t> slots;
+
+  void insert_slot(size_t h, size_t pos) {
+    size_t mask = slots.size() - 1;
+    size_t i = h & mask;
+    while (slots[i] != 0) i = (i + 1) & mask;
+    slots[i] = pos + 1;
+  }
+  void grow(size_t want) {
+    if (2 * want <= slots.size()) return;
+    size_t cap = 16;
+    while (cap < 2 * want) cap *= 2;
+    if (cap <= slots.size()) return;
+    slots.assign(cap, 0);
+    for (size_t pos = 0; pos < hashes.size(); ++pos) insert_slot(hashes[pos], pos);
+  }
+  void add(size_t h) {
+    grow(hashes.size() + 1);
+    hashes.push_back(h);
+    insert_slot(h, hashes.size() - 1);
+  }
+};
+
+void Dict::IndexDeleter::operator()(Index* p) const noexcept { delete p; }
+
+void Dict::build_index() {
+  if (items_.size() <= kLinearMax) {
+    index_.reset();
+    return;
+  }
+  index_.reset(new Index);
+  index_->hashes.reserve(items_.size());
+  index_->grow(items_.size());
+  for (const auto& item : items_) index_->add(item.first.hash());
 }
 
-const Value* Dict::find(const Value& key) const { return const_cast<Dict*>(this)->find(key); }
+Dict::Dict(const Dict& o) : ordered(o.ordered), attributes(o.attributes), items_(o.items_) {
+  if (o.index_) index_.reset(new Index(*o.index_));
+}
+
+Dict& Dict::operator=(const Dict& o) {
+  if (this != &o) {
+    Dict copy(o);
+    *this = std::move(copy);
+  }
+  return *this;
+}
+
+size_t Dict::position(const Value& key) const {
+  if (!index_) {
+    for (size_t pos = 0; pos < items_.size(); ++pos)
+      if (items_[pos].first == key) return pos;
+    return npos;
+  }
+  const Index& ix = *index_;
+  size_t h = key.hash();
+  size_t mask = ix.slots.size() - 1;
+  for (size_t i = h & mask; ix.slots[i] != 0; i = (i + 1) & mask) {
+    size_t pos = ix.slots[i] - 1;
+    if (ix.hashes[pos] == h && items_[pos].first == key) return pos;
+  }
+  return npos;
+}
+
+Value* Dict::find(const Value& key) {
+  size_t pos = position(key);
+  return pos == npos ? nullptr : &items_[pos].second;
+}
+
+const Value* Dict::find(const Value& key) const {
+  size_t pos = position(key);
+  return pos == npos ? nullptr : &items_[pos].second;
+}
 
 Value& Dict::at(const Value& key) {
   if (Value* v = find(key)) return *v;
@@ -559,32 +629,27 @@ void Dict::set(Value key, Value value) {
     *v = std::move(value);
     return;
   }
-  index_.emplace(key.hash(), items_.size());
+  size_t h = index_ ? key.hash() : 0;
   items_.emplace_back(std::move(key), std::move(value));
+  if (index_)
+    index_->add(h);
+  else if (items_.size() > kLinearMax)
+    build_index();
 }
 
 bool Dict::erase(const Value& key) {
-  size_t h = key.hash();
-  auto [lo, hi] = index_.equal_range(h);
-  for (auto it = lo; it != hi; ++it) {
-    if (items_[it->second].first == key) {
-      items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(it->second));
-      index_.clear();
-      for (size_t i = 0; i < items_.size(); ++i) index_.emplace(items_[i].first.hash(), i);
-      return true;
-    }
-  }
-  return false;
+  size_t pos = position(key);
+  if (pos == npos) return false;
+  items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(pos));
+  build_index();
+  return true;
 }
 
-void Dict::reserve(size_t n) {
-  items_.reserve(n);
-  index_.reserve(n);
-}
+void Dict::reserve(size_t n) { items_.reserve(n); }
 
 void Dict::clear() {
   items_.clear();
-  index_.clear();
+  index_.reset();
 }
 
 Value Value::make_sequence(Kind kind, List items) {

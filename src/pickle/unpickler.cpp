@@ -137,6 +137,22 @@ constexpr size_t kMaxDecimalDigits = 4300;
 constexpr uint64_t kKeyWorkBase = uint64_t{1} << 20;
 constexpr uint64_t kKeyWorkPerByte = 16;
 
+// What the objects a pickle builds may cost, charged before each one is made:
+// a Value on the stack or in a container, a container, a memo slot, the copy
+// a memo read makes of a string (or bytes, big int, Size, device). A memo read
+// that shares a container, tensor, storage or global costs one Value. Real
+// checkpoints need ~20 bytes per byte of pickle (estimated for a state dict of
+// small tensors: ~2 KB of charges per ~100 bytes of pickle); a memoized empty
+// list costs 108 per byte (protocol 4: 2 bytes for 48 + 112 + 56). Only
+// containers of one or two bytes each with nothing in them go past 128 per
+// byte. For a 1 MB pickle: 160 MiB.
+constexpr uint64_t kGrowthBase = uint64_t{32} << 20;
+constexpr uint64_t kGrowthPerByte = 128;
+// A container with its shared_ptr block, malloc's header and its arena_ entry.
+constexpr uint64_t kSequenceCost = 112;  // list, tuple, set
+constexpr uint64_t kDictCost = 168;
+constexpr uint64_t kObjectCost = 320;    // an inert Object (inspection)
+
 // Untrusted text quoted in error messages is cut to this many bytes.
 constexpr size_t kMaxQuoted = 60;
 
@@ -258,7 +274,8 @@ class Machine final : public CallContext {
   Machine(std::span<const std::byte> data, const Options& opts)
       : data_(data),
         opts_(opts),
-        key_budget_(kKeyWorkBase + kKeyWorkPerByte * static_cast<uint64_t>(data.size())) {}
+        key_budget_(kKeyWorkBase + kKeyWorkPerByte * static_cast<uint64_t>(data.size())),
+        growth_budget_(kGrowthBase + kGrowthPerByte * static_cast<uint64_t>(data.size())) {}
 
   Machine(const Machine&) = delete;
   Machine& operator=(const Machine&) = delete;
@@ -356,6 +373,8 @@ class Machine final : public CallContext {
   std::vector<std::pair<const Value*, size_t>> key_walk_;
   uint64_t key_work_ = 0;
   const uint64_t key_budget_;
+  uint64_t growth_ = 0;
+  const uint64_t growth_budget_;
 
   // ---- errors
   ErrorContext where() const { return ErrorContext{opts_.file, opts_.record, op_offset_}; }
@@ -368,6 +387,16 @@ class Machine final : public CallContext {
   [[noreturn]] void unsafe(const std::string& msg) const { throw UnsafeError(msg, where()); }
   bool inspecting() const { return opts_.policy == GlobalPolicy::inspect; }
 
+  // Charges `bytes` of object growth before it happens (see kGrowthBase).
+  void charge(uint64_t bytes) {
+    growth_ += bytes;
+    if (growth_ > growth_budget_)
+      throw LimitError("pickle builds more than " + std::to_string(growth_budget_ >> 20) +
+                           " MiB of objects (the budget for a pickle of " + std::to_string(data_.size()) +
+                           " bytes: " + std::to_string(kGrowthBase >> 20) + " MiB + " +
+                           std::to_string(kGrowthPerByte) + " bytes per byte)",
+                       where());
+  }
   void charge_key_work() {
     if (++key_work_ > key_budget_)
       throw LimitError("dict keys and set items are too large to hash (more than " + std::to_string(key_budget_) +
@@ -435,6 +464,7 @@ class Machine final : public CallContext {
   void push(Value v) {
     if (stack_.size() + marks_.size() >= opts_.limits.max_stack)
       throw LimitError("pickle stack passes " + std::to_string(opts_.limits.max_stack) + " entries", where());
+    charge(sizeof(Value));
     stack_.push_back(std::move(v));
   }
   size_t base() const { return marks_.empty() ? 0 : marks_.back(); }
@@ -463,8 +493,24 @@ class Machine final : public CallContext {
     stack_.resize(m);
     return items;
   }
+  // Closes the last MARK without moving what is above it (no allocation): returns
+  // the stack height at the mark, after checking that a value lies below it
+  // (the target of APPENDS / SETITEMS). The caller consumes stack_[m, end).
+  size_t pop_mark_in_place(uint8_t op) {
+    if (marks_.empty()) fail(std::string(op_name(op)) + " needs a MARK, but none is open");
+    const size_t m = marks_.back();
+    marks_.pop_back();
+    if (m <= base()) {
+      stack_.resize(m);  // as pop_mark would have left it, for the message
+      underflow(op);
+    }
+    return m;
+  }
   Value track(Value v) {
-    if (v.container_id() != nullptr) arena_.push_back(v);
+    if (v.container_id() != nullptr) {
+      charge(v.is_dict() ? kDictCost : v.is_object() ? kObjectCost : kSequenceCost);
+      arena_.push_back(v);
+    }
     return v;
   }
   Value new_tuple(List items) { return track(Value::tuple(std::move(items))); }
@@ -485,15 +531,27 @@ class Machine final : public CallContext {
       throw LimitError("pickle memo passes " + std::to_string(opts_.limits.max_memo) + " entries", where());
     ++memo_count_;
     if (index < memo_dense_.size() || index < 2 * memo_count_ + 64) {
-      if (index >= memo_dense_.size()) memo_dense_.resize(static_cast<size_t>(index) + 1);
+      if (index >= memo_dense_.size()) {
+        charge((index + 1 - memo_dense_.size()) * sizeof(memo_dense_[0]));
+        memo_dense_.resize(static_cast<size_t>(index) + 1);
+      }
       memo_dense_[index] = stack_.back();
     } else {
+      charge(sizeof(Value) + 64);  // a map node
       memo_sparse_.emplace(index, stack_.back());
     }
   }
   void memo_get(uint64_t index) {
     Value* v = memo_find(index);
     if (v == nullptr) fail("memo entry " + std::to_string(index) + " is read before it is stored");
+    switch (v->kind()) {  // what copying it allocates besides the Value itself
+      case Value::Kind::String: charge(v->as_string().size()); break;
+      case Value::Kind::Bytes: charge(v->as_bytes().size()); break;
+      case Value::Kind::BigInt: charge(v->as_bigint().bytes.size()); break;
+      case Value::Kind::Size: charge(v->as_size().dims.size() * sizeof(int64_t)); break;
+      case Value::Kind::Device: charge(v->as_device().name.size()); break;
+      default: break;  // containers, tensors, storages and globals are shared, not copied
+    }
     push(*v);
   }
   // The memo index of protocol-0 GET / PUT, read as CPython's C unpickler
@@ -866,7 +924,7 @@ class Machine final : public CallContext {
       fail(std::string(op_name(op)) + " onto a value returned by the persistent loader");
   }
 
-  void append(Value& target, List items, uint8_t op) {
+  void append(Value& target, std::span<Value> items, uint8_t op) {
     check_ours(target, op);
     List* dest = nullptr;
     if (target.is_list()) dest = &target.as_list();
@@ -906,7 +964,7 @@ class Machine final : public CallContext {
     }
   }
 
-  void set_items(Value& target, List kv, uint8_t op) {
+  void set_items(Value& target, std::span<Value> kv, uint8_t op) {
     if (kv.size() % 2 != 0) fail(std::string(op_name(op)) + " with an odd number of values after MARK");
     if (kv.empty()) {  // still needs a dict there, as Python does
       check_ours(target, op);
@@ -1072,7 +1130,7 @@ class Machine final : public CallContext {
         case DICT: {
           List kv = pop_mark(op);
           Value d = track(Value::dict());
-          set_items(d, std::move(kv), op);
+          set_items(d, kv, op);
           push(std::move(d));
           break;
         }
@@ -1084,15 +1142,19 @@ class Machine final : public CallContext {
           break;
         }
         case APPEND: {
-          Value v = pop(op);
-          List one(1);
-          one[0] = std::move(v);
-          append(top(op), std::move(one), op);
+          if (stack_.size() <= base()) underflow(op);
+          if (stack_.size() - 1 <= base()) {  // the value but no list: as pop() then top() report it
+            stack_.pop_back();
+            underflow(op);
+          }
+          append(stack_[stack_.size() - 2], {&stack_.back(), 1}, op);
+          stack_.pop_back();
           break;
         }
         case APPENDS: {
-          List items = pop_mark(op);
-          append(top(op), std::move(items), op);
+          const size_t m = pop_mark_in_place(op);
+          append(stack_[m - 1], std::span<Value>(stack_).subspan(m), op);
+          stack_.resize(m);
           break;
         }
         case ADDITEMS: {
@@ -1107,8 +1169,9 @@ class Machine final : public CallContext {
           break;
         }
         case SETITEMS: {
-          List kv = pop_mark(op);
-          set_items(top(op), std::move(kv), op);
+          const size_t m = pop_mark_in_place(op);
+          set_items(stack_[m - 1], std::span<Value>(stack_).subspan(m), op);
+          stack_.resize(m);
           break;
         }
 

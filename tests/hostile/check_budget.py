@@ -4,12 +4,14 @@
 Generates files of at most 1 MB that try to make a command allocate far more
 than their size (list doubling through memo sharing, deep nesting, stride-0
 views expanding one element to 2^29 and 2^50, long memo chains), runs
-`ckpt ls`, `ls --digest`, `scan` and `verify` on each and checks:
+`ckpt ls`, `ls --digest`, `scan` and `verify` on each, and `ckpt::load` (through
+tests/hostile/load_probe.cpp, --load-probe) and checks:
   - peak RSS <= 256 MiB + 4 x the file size (getrusage of the child);
   - no crash (signal), no hang (TIMEOUT_S);
   - an error message, when there is one, names the file.
 
-Usage: check_budget.py --ckpt build/ckpt [--rss-base-mib 256] [--keep DIR]
+Usage: check_budget.py --ckpt build/ckpt [--load-probe build/tests/ckpt_load_probe]
+                       [--rss-base-mib 256] [--keep DIR]
 Needs torch in /usr/bin/python3 (Debian's 1.13) for the stride-0 files; they
 are skipped with a note when it is missing.
 """
@@ -49,6 +51,26 @@ def nested_dicts(levels):
     return b"\x80\x02" + b"}X\x01\x00\x00\x00a" * levels + b"}" + b"s" * levels + b"."
 
 
+def densest_nested_dicts(levels):
+    # {1: {1: {... {} ...}}} at 4 bytes a level (EMPTY_DICT, BININT1, ..., SETITEM).
+    return b"\x80\x02" + b"}K\x01" * levels + b"}" + b"s" * levels + b"."
+
+
+def flat_int_list(n):
+    # [1, 1, 1, ...]: 2 bytes an element (BININT1) between MARK and APPENDS.
+    return b"\x80\x02](" + b"K\x01" * n + b"e."
+
+
+def nested_lists(levels):
+    # [[[... [] ...]]]: every list pushed first, then APPEND folds them (2 bytes a level).
+    return b"\x80\x02" + b"]" * (levels + 1) + b"a" * levels + b"."
+
+
+def flat_dict_list(n):
+    # [{}, {}, ...]: one byte an empty dict, the densest container pickle.
+    return b"\x80\x02](" + b"}" * n + b"e."
+
+
 def memo_chain(n):
     # d_i = {'k': d_(i-1)}, each d_(i-1) read back from the memo (LONG_BINGET).
     out = bytearray(b"\x80\x02}r\x00\x00\x00\x00")
@@ -86,6 +108,7 @@ def main():
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--rss-base-mib", type=int, default=256)
     ap.add_argument("--keep", help="write the files here and keep them")
+    ap.add_argument("--load-probe", help="ckpt_load_probe (tests/hostile/load_probe.cpp): also measure ckpt::load")
     ap.add_argument("--sanitized", action="store_true",
                     help="a sanitized (ASan+UBSan Debug) ckpt: skip the runs that take minutes there "
                          "(listing the list-doubling zip, digesting 2^29 stride-0 elements); the "
@@ -101,6 +124,14 @@ def main():
         "nested_dicts_120k.pkl": nested_dicts(120000),
         "nested_dicts_120k.pt": torch_zip(nested_dicts(120000)),
         "memo_chain_50k.pkl": memo_chain(50000),
+        "dense_dicts_262k.pkl": densest_nested_dicts(262000),
+        "dense_dicts_262k.pt": torch_zip(densest_nested_dicts(262000)),
+        "int_list_524k.pkl": flat_int_list(524000),
+        "int_list_524k.pt": torch_zip(flat_int_list(524000)),
+        "nested_lists_524k.pkl": nested_lists(524000),
+        "nested_lists_524k.pt": torch_zip(nested_lists(524000)),
+        "dict_list_1m.pkl": flat_dict_list(1040000),
+        "dict_list_1m.pt": torch_zip(flat_dict_list(1040000)),
     }
     for name, data in files.items():
         assert len(data) <= 1 << 20, name
@@ -118,14 +149,17 @@ def main():
         path = os.path.join(d, name)
         size = os.path.getsize(path)
         limit = (a.rss_base_mib << 20) + 4 * size
-        for label, extra in (("ls", ["ls"]), ("ls --digest", ["ls", "--digest"]), ("scan", ["scan"]),
-                             ("verify", ["verify"])):
+        runs = [("ls", [a.ckpt, "ls"]), ("ls --digest", [a.ckpt, "ls", "--digest"]), ("scan", [a.ckpt, "scan"]),
+                ("verify", [a.ckpt, "verify"])]
+        if a.load_probe:
+            runs.append(("ckpt::load", [a.load_probe]))
+        for label, extra in runs:
             if a.sanitized and ((name == "list_doubling_64.pt" and label.startswith("ls")) or
                                 (name == "stride0_2e29.pt" and label == "ls --digest")):
                 print("%-22s %-12s skipped under sanitizers (minutes there; the release build runs it)"
                       % (name, label))
                 continue
-            code, err, rss = run_measured([a.ckpt] + extra + [path], a.timeout)
+            code, err, rss = run_measured(extra + [path], a.timeout)
             line = "%-22s %-12s exit %-7s peak %4d MiB (limit %d)" % (name, label, code, rss >> 20, limit >> 20)
             print(line)
             if code == "timeout":
