@@ -120,8 +120,11 @@ bool is_distributed_checkpoint(const std::string& dir) {
   std::error_code ec;
   const std::string p = metadata_path(dir);
   if (!std::filesystem::is_directory(dir, ec) || !std::filesystem::is_regular_file(p, ec)) return false;
+  // An error reading `.metadata` propagates: an unreadable checkpoint must
+  // not pass for a directory without one.
+  const std::string bytes = read_whole(p);
   try {
-    return dcp::is_metadata(as_bytes(read_whole(p)));
+    return dcp::is_metadata(as_bytes(bytes));
   } catch (const Error&) {
     return false;
   }
@@ -713,15 +716,13 @@ bool is_save_temporary(const std::string& name) {
 uint64_t choose_generation(const std::string& dir, size_t world) {
   std::set<std::string> names;
   uint64_t gen = 0;
-  std::error_code ec;
-  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    std::string name = it->path().filename().string();
+  for (io::DirEntry& entry : io::list_dir(dir)) {
+    std::string name = std::move(entry.name);
     std::string base = name;
     if (is_save_temporary(name)) base = name.substr(1, name.find(".tmp.", 1) - 1);
     if (auto n = detail::dcp_data_file_number(base); n && *n < (uint64_t{1} << 40)) gen = std::max(gen, *n + 1);
     names.insert(std::move(name));
   }
-  if (ec) throw IoError("cannot list the directory: " + ec.message(), ec.value(), ErrorContext{dir});
   for (;; ++gen) {
     bool taken = false;
     for (size_t r = 0; r < world && !taken; ++r) taken = names.count(data_file_name(r, gen)) > 0;
@@ -734,12 +735,16 @@ uint64_t choose_generation(const std::string& dir, size_t world) {
 // is harmless, and the next save removes it.
 void remove_unreferenced(io::Env& env, const std::string& dir, const std::set<std::string>& keep, bool sync) {
   std::vector<std::string> doomed;
-  std::error_code ec;
-  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    std::string name = it->path().filename().string();
-    if (keep.count(name) || !(detail::dcp_data_file_number(name) || is_save_temporary(name))) continue;
-    std::error_code fec;
-    if (it->is_regular_file(fec)) doomed.push_back(std::move(name));
+  std::vector<io::DirEntry> entries;
+  try {
+    entries = env.list_dir(dir);
+  } catch (const Error&) {
+    return;  // best effort
+  }
+  for (io::DirEntry& entry : entries) {
+    if (keep.count(entry.name) || !(detail::dcp_data_file_number(entry.name) || is_save_temporary(entry.name)))
+      continue;
+    if (entry.regular) doomed.push_back(std::move(entry.name));
   }
   for (const std::string& name : doomed) {
     try {

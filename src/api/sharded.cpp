@@ -48,27 +48,25 @@ bool has_suffix(const std::string& s, std::string_view suffix) {
 
 }  // namespace
 
+// An error reading the file propagates: "cannot read" must not turn into
+// "not an index" (and then "not a checkpoint format").
 bool is_shard_index(const std::string& path) {
-  try {
-    auto file = io::open_file(path);
-    if (file->size() > kMaxIndexBytes || file->size() < 2) return false;
-    char head[64] = {};
-    size_t n = static_cast<size_t>(std::min<uint64_t>(file->size(), sizeof head));
-    file->read_at(0, {reinterpret_cast<std::byte*>(head), n});
-    size_t i = 0;
-    while (i < n && (head[i] == ' ' || head[i] == '\n' || head[i] == '\r' || head[i] == '\t')) ++i;
-    if (i == n || head[i] != '{') return false;
-    // JSON text holds no NUL; a safetensors file whose 8-byte header length
-    // starts with 0x7b ('{') has NULs right after it.
-    if (std::memchr(head, '\0', n) != nullptr) return false;
-    // Decided by the key, not by a successful parse, so that a damaged index
-    // gets read_shard_index's error (with its byte offset) rather than
-    // "not a checkpoint format".
-    std::string text = read_small_file(path, kMaxIndexBytes);
-    return text.find("\"weight_map\"") != std::string::npos;
-  } catch (const Error&) {
-    return false;
-  }
+  auto file = io::open_file(path);
+  if (file->size() > kMaxIndexBytes || file->size() < 2) return false;
+  char head[64] = {};
+  size_t n = static_cast<size_t>(std::min<uint64_t>(file->size(), sizeof head));
+  file->read_at(0, {reinterpret_cast<std::byte*>(head), n});
+  size_t i = 0;
+  while (i < n && (head[i] == ' ' || head[i] == '\n' || head[i] == '\r' || head[i] == '\t')) ++i;
+  if (i == n || head[i] != '{') return false;
+  // JSON text holds no NUL; a safetensors file whose 8-byte header length
+  // starts with 0x7b ('{') has NULs right after it.
+  if (std::memchr(head, '\0', n) != nullptr) return false;
+  // Decided by the key, not by a successful parse, so that a damaged index
+  // gets read_shard_index's error (with its byte offset) rather than
+  // "not a checkpoint format".
+  std::string text = read_small_file(path, kMaxIndexBytes);
+  return text.find("\"weight_map\"") != std::string::npos;
 }
 
 ShardIndex read_shard_index(const std::string& path) {
@@ -103,16 +101,14 @@ ShardIndex read_shard_index(const std::string& path) {
 
 std::string find_checkpoint_in_dir(const std::string& dir) {
   std::vector<std::string> indexes, files;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (!entry.is_regular_file(ec)) continue;
-    const std::string name = entry.path().filename().string();
-    if (has_suffix(name, ".index.json")) indexes.push_back(entry.path().string());
+  for (const io::DirEntry& entry : io::list_dir(dir)) {
+    if (!entry.regular) continue;
+    const std::string& name = entry.name;
+    if (has_suffix(name, ".index.json")) indexes.push_back((fs::path(dir) / name).string());
     else if (has_suffix(name, ".safetensors") || has_suffix(name, ".bin") || has_suffix(name, ".pt") ||
              has_suffix(name, ".pth") || has_suffix(name, ".ckpt"))
-      files.push_back(entry.path().string());
+      files.push_back((fs::path(dir) / name).string());
   }
-  if (ec) throw IoError("cannot list the directory: " + ec.message(), ec.value(), ErrorContext{dir, "", std::nullopt});
   std::sort(indexes.begin(), indexes.end());
   std::sort(files.begin(), files.end());
   if (indexes.size() == 1) return indexes.front();

@@ -1,6 +1,7 @@
 #include "io/file.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -169,6 +170,15 @@ class StringWriter final : public WritableFile {
   std::string& out_;
 };
 
+class PosixFileLock final : public FileLock {
+ public:
+  explicit PosixFileLock(int fd) : fd_(fd) {}
+  ~PosixFileLock() override { ::close(fd_); }  // releases the flock
+
+ private:
+  int fd_;
+};
+
 class PosixEnv final : public Env {
  public:
   std::unique_ptr<WritableFile> new_writable_file(const std::string& path) override {
@@ -198,19 +208,7 @@ std::string temp_name_for(const std::string& path) {
   return (p.parent_path() / name).string();
 }
 
-}  // namespace
-
-std::shared_ptr<RandomAccessFile> open_file(const std::string& path) {
-  return std::make_shared<PosixRandomAccessFile>(path);
-}
-
-std::shared_ptr<RandomAccessFile> open_file_to_read_whole(const std::string& path) {
-  auto f = std::make_shared<PosixRandomAccessFile>(path);
-  f->advise_whole_read();
-  return f;
-}
-
-std::shared_ptr<RandomAccessFile> map_file(const std::string& path) {
+std::shared_ptr<RandomAccessFile> posix_map(const std::string& path) {
   uint64_t size = 0;
   FdHolder fd(open_readonly(path, size));
   auto mapping = std::make_shared<Mapping>();
@@ -224,6 +222,90 @@ std::shared_ptr<RandomAccessFile> map_file(const std::string& path) {
   static const std::byte kEmpty[1] = {};
   return std::make_shared<MemoryFile>(std::span<const std::byte>(size ? base : kEmpty, size),
                                       std::move(mapping), path);
+}
+
+std::atomic<Env*> g_default_env{nullptr};
+
+}  // namespace
+
+std::shared_ptr<RandomAccessFile> Env::open_for_read(const std::string& path, ReadMode mode) {
+  switch (mode) {
+    case ReadMode::mmap:
+      return posix_map(path);
+    case ReadMode::whole: {
+      auto f = std::make_shared<PosixRandomAccessFile>(path);
+      f->advise_whole_read();
+      return f;
+    }
+    case ReadMode::random:
+      break;
+  }
+  return std::make_shared<PosixRandomAccessFile>(path);
+}
+
+std::vector<DirEntry> Env::list_dir(const std::string& dir) {
+  std::vector<DirEntry> out;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    DirEntry e;
+    e.name = it->path().filename().string();
+    std::error_code sec;
+    e.regular = it->is_regular_file(sec);
+    if (e.regular) {
+      e.size = it->file_size(sec);
+      if (sec) e.regular = false;  // vanished meanwhile
+    }
+    out.push_back(std::move(e));
+  }
+  if (ec) throw IoError("cannot list the directory: " + ec.message(), ec.value(), ErrorContext{dir, "", std::nullopt});
+  return out;
+}
+
+std::unique_ptr<FileLock> Env::try_lock(const std::string& path, std::string& holder) {
+  holder.clear();
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw_errno("cannot open lock file", path, errno);
+  FdHolder guard(fd);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    if (err != EWOULDBLOCK) throw_errno("cannot lock", path, err);
+    char buf[32] = {};
+    ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    if (n > 0) holder.assign(buf, static_cast<size_t>(n));
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    return nullptr;
+  }
+  // Who holds it, for the next one's message. Best effort.
+  std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) == 0) {
+    ssize_t ignored = ::pwrite(fd, pid.data(), pid.size(), 0);
+    (void)ignored;
+  }
+  return std::make_unique<PosixFileLock>(guard.release());
+}
+
+Env& default_env() noexcept {
+  Env* e = g_default_env.load(std::memory_order_acquire);
+  return e ? *e : Env::posix();
+}
+
+ScopedDefaultEnv::ScopedDefaultEnv(Env& env) noexcept
+    : previous_(g_default_env.exchange(&env, std::memory_order_acq_rel)) {}
+
+ScopedDefaultEnv::~ScopedDefaultEnv() { g_default_env.store(previous_, std::memory_order_release); }
+
+std::vector<DirEntry> list_dir(const std::string& dir) { return default_env().list_dir(dir); }
+
+std::shared_ptr<RandomAccessFile> open_file(const std::string& path) {
+  return default_env().open_for_read(path, ReadMode::random);
+}
+
+std::shared_ptr<RandomAccessFile> open_file_to_read_whole(const std::string& path) {
+  return default_env().open_for_read(path, ReadMode::whole);
+}
+
+std::shared_ptr<RandomAccessFile> map_file(const std::string& path) {
+  return default_env().open_for_read(path, ReadMode::mmap);
 }
 
 std::shared_ptr<RandomAccessFile> memory_file(std::span<const std::byte> bytes,

@@ -2,9 +2,14 @@
 //
 // Reading goes through RandomAccessFile::read_at (positioned reads that
 // either fill the whole span or throw); memory-resident files (a buffer or a
-// read-only mapping) also expose their bytes for zero-copy views. Writing goes
-// through Env + WritableFile so that tests can swap in FaultInjectionEnv and
-// hit every error path (ENOSPC, EIO at the Nth write/fsync/rename).
+// read-only mapping) also expose their bytes for zero-copy views. Every file
+// system operation — opening and mapping files for reading, listing a
+// directory, taking a lock, creating/writing/renaming — goes through an Env,
+// so that tests can swap in FaultInjectionEnv and hit every error path
+// (ENOSPC, EIO, ENOENT, short reads at the Nth call). The loaders reach the
+// Env through the free functions below (open_file, map_file, list_dir), which
+// use default_env(): one virtual call per file opened, none per read of a
+// pread file beyond RandomAccessFile's own.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +17,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace ckpt::io {
 
@@ -39,7 +45,7 @@ class RandomAccessFile {
 // first error of any piece), after every piece has finished.
 void read_at_parallel(const RandomAccessFile& f, uint64_t offset, std::span<std::byte> dst);
 
-// pread-based file.
+// pread-based file (default_env().open_for_read(path, ReadMode::random)).
 std::shared_ptr<RandomAccessFile> open_file(const std::string& path);
 // open_file for a file that will be read whole, front to back (a copying
 // load): tells the kernel so (POSIX_FADV_SEQUENTIAL: a larger readahead
@@ -63,10 +69,42 @@ class WritableFile {
   virtual uint64_t size() const = 0;  // bytes appended so far
 };
 
-// File-system operations that writes depend on.
+// How a file is opened for reading (Env::open_for_read).
+enum class ReadMode {
+  random,  // pread; no hints
+  whole,   // pread, read whole front to back (see open_file_to_read_whole)
+  mmap,    // read-only private mapping (memory() is non-null)
+};
+
+// One directory entry (Env::list_dir): its name, whether it is a regular
+// file (following symbolic links) and then its size.
+struct DirEntry {
+  std::string name;
+  bool regular = false;
+  uint64_t size = 0;
+};
+
+// An exclusive advisory lock on a file, held until destroyed.
+class FileLock {
+ public:
+  virtual ~FileLock() = default;
+};
+
+// File-system operations. The read-side calls have the POSIX file system as
+// their default, so an Env that only watches writes need not forward them.
 class Env {
  public:
   virtual ~Env() = default;
+  // Opens `path` for reading. Throws IoError naming the path (ENOENT, EISDIR...).
+  virtual std::shared_ptr<RandomAccessFile> open_for_read(const std::string& path, ReadMode mode);
+  // The entries of `dir` (without "." and ".."), in no particular order.
+  // Throws IoError naming `dir` when it cannot be listed.
+  virtual std::vector<DirEntry> list_dir(const std::string& dir);
+  // Takes an exclusive lock on `path` (created if missing) without waiting and
+  // writes our pid into it. Returns null when another process holds it, with
+  // what that file says (its holder's pid, or empty) in `holder`. Throws
+  // IoError naming the path on any other failure.
+  virtual std::unique_ptr<FileLock> try_lock(const std::string& path, std::string& holder);
   // Creates a new file (fails if it exists).
   virtual std::unique_ptr<WritableFile> new_writable_file(const std::string& path) = 0;
   virtual void rename_file(const std::string& from, const std::string& to) = 0;
@@ -76,6 +114,26 @@ class Env {
   // The process-wide POSIX implementation.
   static Env& posix();
 };
+
+// The Env the loaders use: Env::posix() unless a ScopedDefaultEnv is alive.
+Env& default_env() noexcept;
+
+// Makes `env` the default_env() while it lives (tests: read-fault injection
+// into loads that take no Env). Not for concurrent use from several threads
+// with different envs; `env` must outlive it.
+class ScopedDefaultEnv {
+ public:
+  explicit ScopedDefaultEnv(Env& env) noexcept;
+  ~ScopedDefaultEnv();
+  ScopedDefaultEnv(const ScopedDefaultEnv&) = delete;
+  ScopedDefaultEnv& operator=(const ScopedDefaultEnv&) = delete;
+
+ private:
+  Env* previous_;
+};
+
+// default_env().list_dir(dir).
+std::vector<DirEntry> list_dir(const std::string& dir);
 
 // Writes `path` atomically: `body` writes a temporary file in the same
 // directory, which is then fsynced, closed, renamed over `path`, and the

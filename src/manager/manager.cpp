@@ -15,8 +15,6 @@
 // failure in 2-5 undoes what was done (removes the new file, restores the
 // manifest and pointer) and throws; a failure in 6 is logged, and the next
 // save or open finishes the job.
-#include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -68,8 +66,8 @@ std::span<const std::byte> as_bytes(const std::string& s) {
   return std::as_bytes(std::span<const char>(s.data(), s.size()));
 }
 
-std::string read_small_file(const std::string& path, uint64_t limit) {
-  auto f = io::open_file(path);
+std::string read_small_file(io::Env& env, const std::string& path, uint64_t limit) {
+  auto f = env.open_for_read(path, io::ReadMode::random);
   if (f->size() > limit)
     throw FormatError("file is " + std::to_string(f->size()) + " bytes, more than the " +
                           std::to_string(limit) + " expected",
@@ -80,8 +78,8 @@ std::string read_small_file(const std::string& path, uint64_t limit) {
 }
 
 // Size and CRC-32 of a whole file.
-std::pair<uint64_t, uint32_t> checksum_file(const std::string& path) {
-  auto f = io::open_file(path);
+std::pair<uint64_t, uint32_t> checksum_file(io::Env& env, const std::string& path) {
+  auto f = env.open_for_read(path, io::ReadMode::random);
   std::vector<std::byte> buf(static_cast<size_t>(std::min<uint64_t>(f->size(), kChecksumChunk)));
   uint32_t crc = 0;
   for (uint64_t off = 0; off < f->size();) {
@@ -143,7 +141,7 @@ struct CheckpointManager::Impl {
   ManagerOptions opts;
   io::Env& env;
   manager::FilenameTemplate tmpl;
-  int lock_fd = -1;
+  std::unique_ptr<io::FileLock> lock;  // held by a writer
 
   // ---- state. write_mu serialises everything that changes the directory or
   // the entries (commits, retention, resume's verdicts, refresh); mu guards
@@ -220,7 +218,7 @@ CheckpointManager::Impl::Impl(std::string dir_, ManagerOptions options, io::Env&
     std::lock_guard w(write_mu);
     load_state(!opts.read_only);
   } catch (...) {
-    if (lock_fd >= 0) ::close(lock_fd);
+    lock.reset();
     throw;
   }
 }
@@ -242,7 +240,7 @@ CheckpointManager::Impl::~Impl() {
     }
   }
   if (worker.joinable()) worker.join();
-  if (lock_fd >= 0) ::close(lock_fd);  // releases the flock
+  lock.reset();  // releases the flock
 }
 
 void CheckpointManager::Impl::log(const std::string& message) const noexcept {
@@ -257,32 +255,12 @@ void CheckpointManager::Impl::log(const std::string& message) const noexcept {
 }
 
 void CheckpointManager::Impl::acquire_lock() {
-  const std::string path = join(dir, kLockName);
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    int err = errno;
-    throw IoError(std::string("cannot open lock file: ") + std::strerror(err), err, ErrorContext{path});
-  }
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    int err = errno;
-    char buf[32] = {};
-    ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
-    ::close(fd);
-    std::string holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
-    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
-    if (err == EWOULDBLOCK)
-      throw Error("checkpoint directory '" + dir + "' is already open for writing by another CheckpointManager" +
-                  (holder.empty() ? std::string() : " (pid " + holder + ")") +
-                  "; only one writer at a time (open it with read_only = true to read it)");
-    throw IoError(std::string("cannot lock: ") + std::strerror(err), err, ErrorContext{path});
-  }
-  // Who holds it, for the next one's message. Best effort.
-  std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(fd, 0) == 0) {
-    ssize_t ignored = ::pwrite(fd, pid.data(), pid.size(), 0);
-    (void)ignored;
-  }
-  lock_fd = fd;
+  std::string holder;
+  lock = env.try_lock(join(dir, kLockName), holder);
+  if (!lock)
+    throw Error("checkpoint directory '" + dir + "' is already open for writing by another CheckpointManager" +
+                (holder.empty() ? std::string() : " (pid " + holder + ")") +
+                "; only one writer at a time (open it with read_only = true to read it)");
 }
 
 void CheckpointManager::Impl::load_state(bool write) {
@@ -293,7 +271,7 @@ void CheckpointManager::Impl::load_state(bool write) {
   if (fs::exists(manifest_path, ec)) {
     try {
       std::vector<std::string> skipped;
-      loaded = manager::parse_manifest(read_small_file(manifest_path, manager::kMaxManifestBytes), skipped);
+      loaded = manager::parse_manifest(read_small_file(env, manifest_path, manager::kMaxManifestBytes), skipped);
       for (const auto& s : skipped) log(s + "; ignoring it");
       dirty |= !skipped.empty();
     } catch (const UnsupportedError&) {
@@ -319,18 +297,14 @@ void CheckpointManager::Impl::load_state(bool write) {
   // What is on disk.
   std::map<std::string, uint64_t> files;  // regular files -> size
   std::vector<std::string> temporaries;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    std::string name = it->path().filename().string();
-    std::error_code sec;
-    if (!it->is_regular_file(sec)) continue;
-    if (is_temporary(name)) {
-      temporaries.push_back(name);
+  for (io::DirEntry& entry : env.list_dir(dir)) {
+    if (!entry.regular) continue;
+    if (is_temporary(entry.name)) {
+      temporaries.push_back(std::move(entry.name));
       continue;
     }
-    uint64_t size = it->file_size(sec);
-    if (!sec) files[name] = size;
+    files[entry.name] = entry.size;
   }
-  if (ec) throw IoError("cannot list checkpoint directory: " + ec.message(), ec.value(), ErrorContext{dir});
 
   // Temporaries are what a save (ours, or a crashed one) was writing. We hold
   // the lock, so none of them belongs to a live save.
@@ -384,9 +358,9 @@ void CheckpointManager::Impl::load_state(bool write) {
     e.pinned = opts.keep_every > 0 && e.step % opts.keep_every == 0;
     try {
       const std::string path = join(dir, name);
-      zip::ZipReader zr(io::open_file(path));
+      zip::ZipReader zr(env.open_for_read(path, io::ReadMode::random));
       formats::verify_torch_zip(zr);
-      std::tie(e.size, e.crc32) = checksum_file(path);
+      std::tie(e.size, e.crc32) = checksum_file(env, path);
     } catch (const std::exception& x) {
       log("not adopting '" + name + "': it is not a complete checkpoint (" + x.what() + ")");
       continue;
@@ -404,7 +378,7 @@ void CheckpointManager::Impl::load_state(bool write) {
   const std::string pointer_path = join(dir, kPointerName);
   if (fs::exists(pointer_path, ec)) {
     try {
-      ptr = read_small_file(pointer_path, kMaxPointerBytes);
+      ptr = read_small_file(env, pointer_path, kMaxPointerBytes);
       while (!ptr.empty() && (ptr.back() == '\n' || ptr.back() == '\r' || ptr.back() == ' ')) ptr.pop_back();
     } catch (const std::exception& e) {
       log(std::string("cannot read the 'last' pointer: ") + e.what());
@@ -690,7 +664,7 @@ std::optional<CheckpointInfo> CheckpointManager::Impl::best_locked() const {
 }
 
 void CheckpointManager::Impl::verify(const CheckpointInfo& e) const {
-  auto [size, crc] = checksum_file(join(dir, e.file));
+  auto [size, crc] = checksum_file(env, join(dir, e.file));
   if (size != e.size)
     throw FormatError("checkpoint is damaged: it is " + std::to_string(size) + " bytes, the manifest says " +
                           std::to_string(e.size),
@@ -723,7 +697,7 @@ Value CheckpointManager::Impl::load_verified(const CheckpointInfo& e, const Load
 // ------------------------------------------------------------------ public
 
 CheckpointManager::CheckpointManager(std::string dir, ManagerOptions options)
-    : impl_(std::make_unique<Impl>(std::move(dir), std::move(options), io::Env::posix())) {}
+    : impl_(std::make_unique<Impl>(std::move(dir), std::move(options), io::default_env())) {}
 
 CheckpointManager::CheckpointManager(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
