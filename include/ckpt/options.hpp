@@ -10,6 +10,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ckpt/storage.hpp"
 
@@ -84,6 +85,13 @@ struct SaveOptions {
   uint32_t alignment = 64;
   // fsync the file and its directory (turn off only for scratch files).
   bool fsync = true;
+};
+
+// What refresh_onnx_weights (ckpt/onnx.hpp) did.
+struct OnnxRefreshResult {
+  std::vector<std::string> replaced;  // initializer names whose data was replaced, graph order
+  std::vector<std::string> unused;    // keys of `weights` that name no initializer
+  std::vector<std::string> written;   // files written: the external data file (if any), then out_path
 };
 
 }  // namespace ckpt

@@ -17,7 +17,6 @@
 #include <vector>
 
 #include "ckpt/options.hpp"
-#include "ckpt/onnx.hpp"
 #include "ckpt/state_dict.hpp"
 #include "io/file.hpp"
 
