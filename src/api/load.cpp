@@ -204,9 +204,8 @@ Value load_path(const std::string& path, const LoadOptions& options, Format* for
   }
   if (std::filesystem::is_directory(path, ec)) target = find_checkpoint_in_dir(path);
   if (is_shard_index(target)) {
-    OpenOptions oo;
-    oo.map_location = options.map_location;
-    oo.weights_only = options.weights_only;
+    OpenOptions oo = options;
+    oo.key.clear();  // load_state_dict applies the key to the loaded value
     Reader r = open(target, oo);
     if (format_out) *format_out = r.format();
     return r.state_dict(/*copy=*/!options.mmap).to_value();
