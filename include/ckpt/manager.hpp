@@ -65,6 +65,12 @@ enum class AsyncPolicy : uint8_t {
 // save() / save_async(): honour save_every, or save regardless (on demand).
 enum class SaveTrigger : uint8_t { schedule, force };
 
+// CheckpointManager::prune.
+struct PruneOptions {
+  // Delete nothing; return what would be deleted.
+  bool dry_run = false;
+};
+
 struct ManagerOptions {
   // ---- retention (applied after each successful save). Retention is off —
   // every checkpoint is kept — while keep_last and keep_best are both 0.
@@ -187,7 +193,7 @@ class CheckpointManager {
   // policy than the run used); returns the checkpoints it deleted. With
   // dry_run, deletes nothing and returns what it would delete (allowed on
   // read_only managers). Waits for a background save first.
-  std::vector<CheckpointInfo> prune(bool dry_run = false);
+  std::vector<CheckpointInfo> prune(const PruneOptions& options = {});
 
   // Re-reads the manifest and the directory (read_only managers: to see
   // checkpoints saved since opening).

@@ -15,15 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/options.hpp"  // OnnxRefreshResult
 #include "ckpt/state_dict.hpp"
 
 namespace ckpt {
-
-struct OnnxRefreshResult {
-  std::vector<std::string> replaced;  // initializer names whose data was replaced, graph order
-  std::vector<std::string> unused;    // keys of `weights` that name no initializer
-  std::vector<std::string> written;   // files written: the external data file (if any), then out_path
-};
 
 // Writes `out_path`: the model `template_path` with the data of every
 // main-graph initializer whose name is a key of `weights` replaced by that

@@ -62,14 +62,12 @@ struct TensorInfo {
   bool contiguous = true;
 };
 
-struct OpenOptions {
-  MapLocation map_location;
-  bool weights_only = true;  // as in LoadOptions
-  // For a single checkpoint file: the '/'-separated path of the state dict
-  // inside it ("model", "state_dict"); empty: every tensor of the file,
-  // named by its path.
-  std::string key;
-};
+// open() takes LoadOptions (one options struct for every read; OpenOptions
+// is its old name). Reads are always memory-mapped, so `mmap` and
+// `huge_pages` do not apply; `key` is the '/'-separated path of the state
+// dict inside a single checkpoint file ("model", "state_dict"); empty: every
+// tensor of the file, named by its path.
+using OpenOptions = LoadOptions;
 
 class Reader {
  public:

@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "ckpt/options.hpp"
 #include "ckpt/state_dict.hpp"
 
 namespace ckpt {
@@ -43,8 +44,9 @@ std::string save_safetensors_to_buffer(const StateDict& state_dict,
 
 // Throws ckpt::FormatError for a damaged file or one of another format,
 // ckpt::UnsupportedError for dtypes torch cannot represent (F6_E2M3,
-// F6_E3M2). Tensors report device "cpu".
-StateDict load_safetensors(const std::string& path, bool mmap = false);
+// F6_E3M2). Tensors report device "cpu". Of the options only `mmap` applies:
+// tensors as read-only views into a mapping of the file instead of copies.
+StateDict load_safetensors(const std::string& path, const LoadOptions& options = {});
 
 // The header's "__metadata__" (empty when absent); reads only the header.
 std::map<std::string, std::string> safetensors_metadata(const std::string& path);

@@ -17,20 +17,11 @@
 
 #include <string>
 
+#include "ckpt/options.hpp"
 #include "ckpt/state_dict.hpp"
 #include "ckpt/value.hpp"
 
 namespace ckpt {
-
-struct SaveOptions {
-  // The folder inside the archive. Empty: as torch.save does, the file name
-  // without its last extension ("model.pt" -> "model"), "archive" for buffers.
-  std::string archive_name;
-  // Payload alignment of every record (torch writes 64).
-  uint32_t alignment = 64;
-  // fsync the file and its directory (turn off only for scratch files).
-  bool fsync = true;
-};
 
 void save(const std::string& path, const Value& value, const SaveOptions& options = {});
 void save_state_dict(const std::string& path, const StateDict& state_dict,

@@ -21,37 +21,6 @@
 
 namespace ckpt {
 
-std::string_view format_name(Format f) noexcept {
-  switch (f) {
-    case Format::torch_zip: return "torch_zip";
-    case Format::torch_legacy: return "torch_legacy";
-    case Format::torch_tar: return "torch_tar";
-    case Format::torchscript: return "torchscript";
-    case Format::safetensors: return "safetensors";
-    case Format::dcp: return "dcp";
-    case Format::onnx: return "onnx";
-    case Format::unknown: break;
-  }
-  return "unknown";
-}
-
-// ---------------------------------------------------------------- MapLocation
-
-MapLocation::MapLocation(std::string device)
-    : fn_([device = std::move(device)](const std::string&) { return device; }) {}
-
-MapLocation::MapLocation(std::map<std::string, std::string> mapping)
-    : fn_([mapping = std::move(mapping)](const std::string& saved) {
-        auto it = mapping.find(saved);
-        return it == mapping.end() ? saved : it->second;
-      }) {}
-
-MapLocation::MapLocation(std::function<std::string(const std::string&)> fn) : fn_(std::move(fn)) {}
-
-std::string MapLocation::apply(const std::string& saved_device) const {
-  return fn_ ? fn_(saved_device) : saved_device;
-}
-
 // ---------------------------------------------------------------- detection
 
 namespace {
@@ -233,9 +202,8 @@ Value load_path(const std::string& path, const LoadOptions& options, Format* for
   }
   if (std::filesystem::is_directory(path, ec)) target = find_checkpoint_in_dir(path);
   if (is_shard_index(target)) {
-    OpenOptions oo;
-    oo.map_location = options.map_location;
-    oo.weights_only = options.weights_only;
+    OpenOptions oo = options;
+    oo.key.clear();  // load_state_dict applies the key to the loaded value
     Reader r = open(target, oo);
     if (format_out) *format_out = r.format();
     return r.state_dict(/*copy=*/!options.mmap).to_value();

@@ -57,10 +57,9 @@ struct Reader::Impl {
 namespace {
 
 LoadOptions mapped(const OpenOptions& options) {
-  LoadOptions lo;
-  lo.map_location = options.map_location;
-  lo.weights_only = options.weights_only;
+  LoadOptions lo = options;
   lo.mmap = true;
+  lo.key.clear();  // open() applies the key itself
   return lo;
 }
 

@@ -60,7 +60,8 @@ std::string save_safetensors_to_buffer(const StateDict& state_dict,
   return out;
 }
 
-StateDict load_safetensors(const std::string& path, bool mmap) {
+StateDict load_safetensors(const std::string& path, const LoadOptions& options) {
+  const bool mmap = options.mmap;
   auto file = detail::open_for_load(path, mmap);
   require_safetensors(file);
   StateDict sd;

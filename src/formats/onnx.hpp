@@ -16,8 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "ckpt/load.hpp"
-#include "ckpt/onnx.hpp"
+#include "ckpt/options.hpp"
 #include "ckpt/state_dict.hpp"
 #include "io/file.hpp"
 

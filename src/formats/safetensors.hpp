@@ -22,7 +22,7 @@
 #include <utility>
 #include <vector>
 
-#include "ckpt/load.hpp"
+#include "ckpt/options.hpp"
 #include "ckpt/tensor.hpp"
 #include "ckpt/value.hpp"
 #include "io/file.hpp"

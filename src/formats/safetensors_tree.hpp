@@ -21,7 +21,7 @@
 #include <utility>
 #include <vector>
 
-#include "ckpt/load.hpp"
+#include "ckpt/options.hpp"
 #include "ckpt/tensor.hpp"
 #include "ckpt/value.hpp"
 

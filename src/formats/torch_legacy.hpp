@@ -11,7 +11,8 @@
 #include <memory>
 #include <span>
 
-#include "ckpt/load.hpp"
+#include "ckpt/options.hpp"
+#include "ckpt/value.hpp"
 #include "io/file.hpp"
 #include "pickle/unpickler.hpp"
 

@@ -12,7 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "ckpt/load.hpp"
+#include "ckpt/options.hpp"
+#include "ckpt/value.hpp"
 #include "container/zip.hpp"
 #include "pickle/unpickler.hpp"
 

@@ -6,7 +6,8 @@
 #include <string_view>
 #include <vector>
 
-#include "ckpt/save.hpp"
+#include "ckpt/options.hpp"
+#include "ckpt/value.hpp"
 #include "io/file.hpp"
 
 namespace ckpt::formats {

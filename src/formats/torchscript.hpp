@@ -9,7 +9,9 @@
 // See docs/formats/torchscript.md.
 #pragma once
 
-#include "ckpt/load.hpp"
+#include "ckpt/options.hpp"
+#include "ckpt/state_dict.hpp"
+#include "ckpt/value.hpp"
 #include "container/zip.hpp"
 #include "pickle/unpickler.hpp"
 

@@ -830,7 +830,8 @@ std::optional<Checkpoint> CheckpointManager::resume(const LoadOptions& options) 
   return std::nullopt;
 }
 
-std::vector<CheckpointInfo> CheckpointManager::prune(bool dry_run) {
+std::vector<CheckpointInfo> CheckpointManager::prune(const PruneOptions& options) {
+  const bool dry_run = options.dry_run;
   Impl& m = *impl_;
   if (m.opts.read_only && !dry_run)
     throw Error("checkpoint directory '" + m.dir + "' was opened read_only; pruning is not allowed");

@@ -372,7 +372,7 @@ TEST(ManagerPolicy, PruneAppliesAStricterPolicyOnDemand) {
     ro.read_only = true;
     CheckpointManager reader(dir.path(), ro);
     std::vector<int64_t> would;
-    for (const auto& c : reader.prune(/*dry_run=*/true)) would.push_back(c.step);
+    for (const auto& c : reader.prune({.dry_run = true})) would.push_back(c.step);
     EXPECT_EQ(would, (std::vector<int64_t>{1, 3}));
     EXPECT_EQ(steps_of(reader), (std::vector<int64_t>{1, 2, 3, 4}));  // nothing deleted
     EXPECT_THROW(reader.prune(), Error);  // a reader never deletes

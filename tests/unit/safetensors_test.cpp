@@ -187,7 +187,7 @@ TEST(SafetensorsFixtures, ReadMatchesPythonLoadFile) {
     }
 
     for (bool mmap : {false, true}) {
-      StateDict sd = load_safetensors(path, mmap);
+      StateDict sd = load_safetensors(path, LoadOptions{.mmap = mmap});
       expect_listing(expected, sd.items(), mmap ? "load_safetensors mmap" : "load_safetensors");
       StateDict sd2 = load_state_dict(path, mmap_options(mmap));
       expect_listing(expected, sd2.items(), "load_state_dict");
@@ -438,7 +438,7 @@ TEST(SafetensorsApi, SaveLoadFileRoundTrip) {
   EXPECT_EQ(dir.count(), 1u);  // no temporary left behind
   EXPECT_EQ(slurp(path), save_safetensors_to_buffer(sd, {{"format", "pt"}, {"epoch", "3"}}));
   for (bool mmap : {false, true}) {
-    StateDict back = load_safetensors(path, mmap);
+    StateDict back = load_safetensors(path, LoadOptions{.mmap = mmap});
     ASSERT_EQ(back.size(), 3u);
     // data order: I64, F32, BF16
     EXPECT_EQ(back.keys(), (std::vector<std::string>{"step", "layer.weight", "layer.bias"}));

@@ -110,7 +110,7 @@ int run_manage(const ManageArgs& a) {
   CheckpointManager mgr(a.dir, opts);
 
   std::vector<CheckpointInfo> pruned;
-  if (a.prune) pruned = mgr.prune(a.dry_run);
+  if (a.prune) pruned = mgr.prune({.dry_run = a.dry_run});
   std::vector<CheckpointInfo> list = mgr.list();
   if (a.verify) {
     uint64_t total = 0;
