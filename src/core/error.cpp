@@ -4,30 +4,12 @@
 #include <cstdio>
 #include <string_view>
 
+#include "core/hex.hpp"
+#include "core/utf8.hpp"
+
 namespace ckpt {
 
 namespace {
-
-// Length of the well-formed UTF-8 sequence at s[i] (1-4), or 0 when the bytes
-// there are not strict UTF-8 (overlong, surrogate, above U+10FFFF, truncated).
-size_t utf8_length(std::string_view s, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<uint8_t>(s[k]); };
-  const uint8_t c = b(i);
-  if (c < 0x80) return 1;
-  size_t n;
-  uint32_t cp, min;
-  if ((c & 0xE0) == 0xC0) n = 2, cp = c & 0x1Fu, min = 0x80;
-  else if ((c & 0xF0) == 0xE0) n = 3, cp = c & 0x0Fu, min = 0x800;
-  else if ((c & 0xF8) == 0xF0) n = 4, cp = c & 0x07u, min = 0x10000;
-  else return 0;
-  if (n > s.size() - i) return 0;
-  for (size_t k = 1; k < n; ++k) {
-    if ((b(i + k) & 0xC0) != 0x80) return 0;
-    cp = (cp << 6) | (b(i + k) & 0x3Fu);
-  }
-  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-  return n;
-}
 
 // Error messages quote what a file holds (record names, keys, strings), so a
 // message is made printable, valid UTF-8 once, here: bytes that are not UTF-8
@@ -37,17 +19,18 @@ size_t utf8_length(std::string_view s, size_t i) {
 std::string printable(std::string_view s) {
   std::string out;
   out.reserve(s.size());
-  char buf[8];
   for (size_t i = 0; i < s.size();) {
     const auto c = static_cast<uint8_t>(s[i]);
-    const size_t n = utf8_length(s, i);
+    size_t end = i;
+    uint32_t cp = 0;
+    const size_t n = utf8::next(s, end, cp) ? end - i : 0;
     if (n == 0 || (c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
+      out += "\\x";
+      append_hex_byte(out, c);
       i += 1;
     } else if (n == 2 && c == 0xC2 && static_cast<uint8_t>(s[i + 1]) <= 0x9F) {
-      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<uint8_t>(s[i + 1]));
-      out += buf;
+      out += "\\u00";
+      append_hex_byte(out, static_cast<uint8_t>(s[i + 1]));
       i += 2;
     } else {
       out.append(s.substr(i, n));
