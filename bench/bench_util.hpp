@@ -60,4 +60,40 @@ struct Result {
   }
 };
 
+// The command line every measuring program takes: OP REPS [--cold] ARGS...
+struct Command {
+  std::string op;
+  int reps = 0;
+  bool cold = false;
+  std::vector<std::string> args;
+
+  const std::string& arg(size_t i) const {
+    if (i >= args.size()) throw std::runtime_error(op + ": missing argument " + std::to_string(i + 1));
+    return args[i];
+  }
+};
+
+// Runs run(Command) for `program`: 2 with a usage line on too few arguments, 1 with
+// "PROGRAM OP: what()" on an exception.
+template <class Run>
+int command_main(const char* program, const char* usage_args, int argc, char** argv, Run run) {
+  if (argc < 4) {
+    std::fprintf(stderr, "usage: %s OP REPS [--cold] %s\n", program, usage_args);
+    return 2;
+  }
+  Command c;
+  c.op = argv[1];
+  try {
+    c.reps = std::atoi(argv[2]);
+    int a = 3;
+    c.cold = std::string(argv[a]) == "--cold";
+    if (c.cold) ++a;
+    c.args.assign(argv + a, argv + argc);
+    return run(c);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s %s: %s\n", program, c.op.c_str(), e.what());
+    return 1;
+  }
+}
+
 }  // namespace bench

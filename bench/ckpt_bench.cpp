@@ -127,24 +127,12 @@ void write_file(const std::string& out, const std::vector<std::byte>& buf, uint6
   ::close(fd);
 }
 
-int run(int argc, char** argv) {
-  if (argc < 4) {
-    std::fprintf(stderr, "usage: ckpt_bench OP REPS [--cold] ARGS...\n");
-    return 2;
-  }
-  const std::string op = argv[1];
-  const int reps = std::atoi(argv[2]);
-  int a = 3;
-  bool cold = false;
-  if (std::string(argv[a]) == "--cold") {
-    cold = true;
-    ++a;
-  }
-  std::vector<std::string> args(argv + a, argv + argc);
-  auto arg = [&](size_t i) -> const std::string& {
-    if (i >= args.size()) throw std::runtime_error(op + ": missing argument " + std::to_string(i + 1));
-    return args[i];
-  };
+int run(const bench::Command& c) {
+  const std::string& op = c.op;
+  const int reps = c.reps;
+  const bool cold = c.cold;
+  const std::vector<std::string>& args = c.args;
+  auto arg = [&](size_t i) -> const std::string& { return c.arg(i); };
   auto flag = [&](size_t i, const char* name) { return args.size() > i && args[i] == name; };
   std::function<void()> before;
   if (cold) before = [&] { bench::evict(arg(0)); };
@@ -262,11 +250,4 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "ckpt_bench %s: %s\n", argc > 1 ? argv[1] : "", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return bench::command_main("ckpt_bench", "ARGS...", argc, argv, run); }

@@ -55,18 +55,11 @@ class Tree {
   std::map<std::string, std::shared_ptr<::torch::nn::Module>> children_;
 };
 
-int run(int argc, char** argv) {
-  if (argc < 4) {
-    std::fprintf(stderr, "usage: torch_bench OP REPS [--cold] FILE\n");
-    return 2;
-  }
-  const std::string op = argv[1];
-  const int reps = std::atoi(argv[2]);
-  int a = 3;
-  const bool cold = std::string(argv[a]) == "--cold";
-  if (cold) ++a;
-  if (a >= argc) throw std::runtime_error("missing FILE");
-  const std::string path = argv[a];
+int run(const bench::Command& c) {
+  const std::string& op = c.op;
+  const int reps = c.reps;
+  const bool cold = c.cold;
+  const std::string& path = c.arg(0);
   if (op != "module_into") {
     std::fprintf(stderr, "torch_bench: unknown operation '%s'\n", op.c_str());
     return 2;
@@ -104,11 +97,4 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "torch_bench %s: %s\n", argc > 1 ? argv[1] : "", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return bench::command_main("torch_bench", "FILE", argc, argv, run); }

@@ -207,12 +207,10 @@ def gen_zip_case(rng, base):
     return write_zip(ents + evil_ent)
 
 
-def gen_zip_eocd(rng, base):
-    """(b) a second end record inside the real one's comment."""
-    shown = base["benign_a.pt"]
-    hidden = base["benign_b.pt"]
-    if rng.random() < 0.7:
-        hidden = replace(hidden, "/data.pkl", evil_pickle(rng.choice([2, 4])))
+def two_archives(shown, hidden):
+    """The records of two archives one after the other, then their two central
+    directories; `hidden` takes `shown`'s top folder name. Returns the bytes so
+    far, the two directories and their offsets."""
     prefix = shown[0][0].split("/")[0]
     hidden = [(prefix + "/" + n.split("/", 1)[1], d) for n, d in hidden]
     out = bytearray()
@@ -228,6 +226,16 @@ def gen_zip_eocd(rng, base):
     for cd in cds:
         offs.append(len(out))
         out += cd
+    return out, cds, offs
+
+
+def gen_zip_eocd(rng, base):
+    """(b) a second end record inside the real one's comment."""
+    shown = base["benign_a.pt"]
+    hidden = base["benign_b.pt"]
+    if rng.random() < 0.7:
+        hidden = replace(hidden, "/data.pkl", evil_pickle(rng.choice([2, 4])))
+    out, cds, offs = two_archives(shown, hidden)
     junk = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 8)))
     inner = end_record(len(hidden), len(cds[1]), offs[1])
     comment = junk + inner + (b"" if rng.random() < 0.5 else b"\0" * rng.randrange(1, 4))
@@ -242,21 +250,7 @@ def gen_zip64_locator(rng, base):
     shown = base["benign_a.pt"]
     hidden = replace(base["benign_b.pt"], "/data.pkl", evil_pickle(rng.choice([2, 4]))) \
         if rng.random() < 0.6 else base["benign_b.pt"]
-    prefix = shown[0][0].split("/")[0]
-    hidden = [(prefix + "/" + n.split("/", 1)[1], d) for n, d in hidden]
-    out = bytearray()
-    cds = []
-    for ents in (shown, hidden):
-        cd = bytearray()
-        for name, data in ents:
-            off = len(out)
-            out += local_header(name, data) + data
-            cd += central_header(name, data, off)
-        cds.append(cd)
-    offs = []
-    for cd in cds:
-        offs.append(len(out))
-        out += cd
+    out, cds, offs = two_archives(shown, hidden)
     e64_off = len(out)
     sig = 0x06064B50 if rng.random() < 0.7 else 0x06064B51
     out += struct.pack("<IQHHIIQQQQ", sig, 44, 45, 45, 0, 0, len(hidden), len(hidden), len(cds[1]), offs[1])
