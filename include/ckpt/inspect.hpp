@@ -9,6 +9,8 @@
 
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "ckpt/tensor.hpp"
 #include "ckpt/value.hpp"
@@ -24,5 +26,13 @@ std::string path_component(const Value& key);
 // Hex SHA-256 of the tensor's elements in row-major order, little-endian:
 // the bytes of t.contiguous().
 std::string tensor_sha256(const Tensor& t);
+
+// The small records of a torch zip archive (TorchScript archives included)
+// that tell which writer made it, those present in this order: `version`,
+// `byteorder`, `.format_version`, `.storage_alignment`,
+// `.data/serialization_id`, `.data/version`; each without trailing newlines,
+// records over 256 bytes left out. Throws ckpt::IoError when the file cannot
+// be read, ckpt::FormatError when it is not a zip archive.
+std::vector<std::pair<std::string, std::string>> archive_records(const std::string& path);
 
 }  // namespace ckpt

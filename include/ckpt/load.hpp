@@ -13,11 +13,13 @@
 // thread-safe; separate calls share nothing.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ckpt/options.hpp"
 #include "ckpt/state_dict.hpp"
@@ -35,6 +37,18 @@ Format detect_format(std::span<const std::byte> bytes);
 // tensor assembled from its chunks, nested as the saved state dict was.
 Value load(const std::string& path, const LoadOptions& options = {});
 Value load(std::span<const std::byte> bytes, const LoadOptions& options = {});
+
+// What a load of a path read, for tools that report it (the CLI's ls, info,
+// stats, convert): the format it detected and the files its data came from.
+struct LoadReport {
+  Format format = Format::unknown;
+  // The file itself; every shard a Hugging Face index names, in its order;
+  // every regular file of a torch.distributed.checkpoint directory, sorted.
+  std::vector<std::string> files;
+  uint64_t file_bytes = 0;  // the sizes of `files`, summed
+};
+// load(path, options), also filling `report` (overwritten, even on failure).
+Value load(const std::string& path, const LoadOptions& options, LoadReport& report);
 
 // A state dict (a dict of tensors). Throws ckpt::TypeError saying what the
 // file holds instead (e.g. a dict with keys 'model', 'optimizer', 'epoch')

@@ -5,7 +5,9 @@
 #include <memory>
 #include <vector>
 
+#include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
+#include "container/zip.hpp"
 #include "core/hex.hpp"
 #include "ckpt/sparse.hpp"
 
@@ -127,6 +129,24 @@ std::string tensor_sha256(const Tensor& t) {
   unsigned int len = 0;
   EVP_DigestFinal_ex(ctx.get(), md, &len);
   return to_hex(std::span<const unsigned char>(md, len));
+}
+
+std::vector<std::pair<std::string, std::string>> archive_records(const std::string& path) {
+  constexpr uint64_t kMaxRecord = 256;  // these records are a few bytes
+  std::vector<std::pair<std::string, std::string>> out;
+  zip::ZipReader z(detail::open_for_load(path, /*mmap=*/true));
+  if (z.entries().empty()) return out;
+  const std::string& first = z.entries().front().name;
+  const std::string prefix = first.substr(0, first.find('/') + 1);
+  for (const char* rec : {"version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id",
+                          ".data/version"}) {
+    const zip::Entry* e = z.find(prefix + rec);
+    if (!e || e->uncompressed_size > kMaxRecord) continue;
+    std::string v = z.read_string(*e);
+    while (!v.empty() && (v.back() == '\n' || v.back() == '\r')) v.pop_back();
+    out.emplace_back(rec, std::move(v));
+  }
+  return out;
 }
 
 }  // namespace ckpt

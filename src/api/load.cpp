@@ -192,12 +192,27 @@ std::string distributed_checkpoint_dir(const std::string& path) {
   return is_distributed_checkpoint(dir) ? dir : "";
 }
 
-Value load_path(const std::string& path, const LoadOptions& options, Format* format_out,
+Value load_path(const std::string& path, const LoadOptions& options, LoadReport* report,
                 pickle::Observer* observer) {
+  LoadReport scratch;
+  LoadReport& out = report ? *report : scratch;
+  out = LoadReport{};
   std::error_code ec;
+  const auto add_file = [&](const std::string& f) {
+    out.files.push_back(f);
+    const auto size = std::filesystem::file_size(f, ec);
+    if (!ec) out.file_bytes += size;
+  };
   std::string target = path;
   if (std::string dcp_dir = distributed_checkpoint_dir(path); !dcp_dir.empty()) {
-    if (format_out) *format_out = Format::dcp;
+    out.format = Format::dcp;
+    if (report) {
+      std::vector<std::string> files;
+      for (const auto& f : std::filesystem::directory_iterator(dcp_dir, ec))
+        if (f.is_regular_file(ec)) files.push_back(f.path().string());
+      std::sort(files.begin(), files.end());
+      for (const auto& f : files) add_file(f);
+    }
     return DistributedReader(dcp_dir, options).consolidate();
   }
   if (std::filesystem::is_directory(path, ec)) target = find_checkpoint_in_dir(path);
@@ -205,16 +220,24 @@ Value load_path(const std::string& path, const LoadOptions& options, Format* for
     OpenOptions oo = options;
     oo.key.clear();  // load_state_dict applies the key to the loaded value
     Reader r = open(target, oo);
-    if (format_out) *format_out = r.format();
+    out.format = r.format();
+    for (const auto& f : r.files()) add_file(f);
     return r.state_dict(/*copy=*/!options.mmap).to_value();
   }
-  return load_file(open_for_load(target, options.mmap), options, format_out, observer);
+  auto file = open_for_load(target, options.mmap);
+  out.files.push_back(target);
+  out.file_bytes = file->size();
+  return load_file(file, options, &out.format, observer);
 }
 
 }  // namespace detail
 
 Value load(const std::string& path, const LoadOptions& options) {
   return detail::load_path(path, options, nullptr, nullptr);
+}
+
+Value load(const std::string& path, const LoadOptions& options, LoadReport& report) {
+  return detail::load_path(path, options, &report, nullptr);
 }
 
 Value load(std::span<const std::byte> bytes, const LoadOptions& options) {

@@ -25,8 +25,8 @@ std::string distributed_checkpoint_dir(const std::string& path);
 // load_file for a path, which may also be a Hugging Face shard index or a
 // directory holding one checkpoint or one index (the set loads as one state
 // dict, copied unless options.mmap), or a torch.distributed.checkpoint
-// directory (consolidated).
-Value load_path(const std::string& path, const LoadOptions& options, Format* format_out,
+// directory (consolidated). `report`, when given, says what was read.
+Value load_path(const std::string& path, const LoadOptions& options, LoadReport* report,
                 pickle::Observer* observer);
 
 }  // namespace ckpt::detail

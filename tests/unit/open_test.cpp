@@ -2,6 +2,7 @@
 // training checkpoints in safetensors, Tensor::to and remove_shared_tensors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -398,4 +399,76 @@ TEST(ReadInto, RefusesMismatchesBeforeWriting) {
 
   Tensor read_only = r.get("layer1.weight");  // a view into the mapping
   EXPECT_THROW(r.read_into("layer0.weight", read_only), Error);
+}
+
+// load(path, options, report): what the CLI's ls / info / convert print about
+// the files a load read, for each kind of path.
+TEST(LoadReport, NamesTheFilesReadForAFileAShardSetAndADirectory) {
+  TempDir dir;
+  const StateDict sd = sample_state_dict(4, 10);  // 40 bytes each
+  const std::string single = dir.path() + "/single.pt";
+  save(single, sd.to_value());
+  LoadReport report;
+  report.files = {"stale"};  // overwritten
+  Value root = load(single, {}, report);
+  EXPECT_EQ(report.format, Format::torch_zip);
+  EXPECT_EQ(report.files, std::vector<std::string>{single});
+  EXPECT_EQ(report.file_bytes, std::filesystem::file_size(single));
+  EXPECT_EQ(StateDict::from_value(root).size(), 4u);
+
+  TempDir shards;
+  ShardOptions so;
+  so.max_shard_size = 80;
+  ShardedFiles files = save_sharded(shards.path(), sd, so);
+  ASSERT_EQ(files.files.size(), 2u);
+  for (const std::string& target : {files.index, shards.path()}) {
+    SCOPED_TRACE(target);
+    root = load(target, {}, report);
+    EXPECT_EQ(report.format, Format::safetensors);
+    EXPECT_EQ(report.files, files.files);
+    EXPECT_EQ(report.file_bytes,
+              std::filesystem::file_size(files.files[0]) + std::filesystem::file_size(files.files[1]));
+    EXPECT_EQ(StateDict::from_value(root).size(), 4u);
+  }
+
+  // A failed load leaves a report of nothing, not the last one's.
+  EXPECT_THROW(load(dir.path() + "/missing.pt", {}, report), IoError);
+  EXPECT_EQ(report.format, Format::unknown);
+  EXPECT_TRUE(report.files.empty());
+  EXPECT_EQ(report.file_bytes, 0u);
+}
+
+TEST(LoadReport, ArchiveRecordsNameTheWriter) {
+  TempDir dir;
+  const std::string pt = dir.path() + "/m.pt";
+  save(pt, sample_state_dict(1, 4).to_value());
+  const auto records = archive_records(pt);
+  ASSERT_FALSE(records.empty());
+  EXPECT_EQ(records.front().first, "version");
+  EXPECT_FALSE(records.front().second.empty());
+  EXPECT_EQ(records.front().second.find('\n'), std::string::npos);
+  bool byteorder = false;
+  for (const auto& [k, v] : records) byteorder |= k == "byteorder" && v == "little";
+  EXPECT_TRUE(byteorder);
+
+  const std::string st = dir.path() + "/m.safetensors";
+  save_safetensors(st, sample_state_dict(1, 4));
+  EXPECT_THROW(archive_records(st), FormatError);
+  EXPECT_THROW(archive_records(dir.path() + "/missing.pt"), IoError);
+}
+
+TEST(LoadReport, ADistributedCheckpointReportsEveryFileOfItsDirectory) {
+  const std::string dcp = std::string(CKPT_TEST_DATA_DIR) + "/dcp/torch2_w2";
+  LoadReport report;
+  load(dcp, {}, report);
+  EXPECT_EQ(report.format, Format::dcp);
+  std::vector<std::string> expected;
+  uint64_t bytes = 0;
+  for (const auto& f : std::filesystem::directory_iterator(dcp)) {
+    expected.push_back(f.path().string());
+    bytes += f.file_size();
+  }
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(report.files, expected);
+  EXPECT_EQ(report.file_bytes, bytes);
 }

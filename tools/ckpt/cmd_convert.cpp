@@ -236,9 +236,9 @@ int run_convert(const ConvertArgs& a) {
   opts.mmap = true;  // the writer reads straight from the mapping
   opts.weights_only = !a.read.objects;
   opts.numpy = a.read.numpy;
-  Format format = Format::unknown;
-  Value root = detail::load_path(a.in, opts, &format, nullptr);
-  const std::string from(format_name(format));
+  LoadReport report;
+  Value root = load(a.in, opts, report);
+  const std::string from(format_name(report.format));
   if (!a.key.empty()) root = lookup(root, a.key);
   if (is_module_object(root)) root = module_state_dict(root).to_value();  // torch.save(model) + --objects
 
@@ -255,7 +255,7 @@ int run_convert(const ConvertArgs& a) {
 
   // Carry a safetensors input's metadata where the output can hold it.
   std::map<std::string, std::string> metadata = {{"format", "pt"}};
-  if (format == Format::safetensors && !is_directory(a.in))
+  if (report.format == Format::safetensors && !is_directory(a.in))
     for (const auto& [k, v] : safetensors_metadata(a.in))
       if (k != "ckpt.tree") metadata[k] = v;
 

@@ -4,11 +4,9 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
 #include "ckpt/safetensors.hpp"
-#include "container/zip.hpp"
 #include "commands.hpp"
 #include "common.hpp"
 
@@ -20,27 +18,6 @@ struct InfoArgs {
   bool json = false;
   bool numpy = false;
 };
-
-// Small records of a torch zip archive that say which writer made it:
-// `version` (file format version), `byteorder`, and the records torch 2.x
-// adds (`.format_version`, `.storage_alignment`, `.data/serialization_id`).
-nlohmann::ordered_json archive_records(const std::shared_ptr<io::RandomAccessFile>& file) {
-  constexpr uint64_t kMaxRecord = 256;  // these records are a few bytes; larger ones are not shown
-  nlohmann::ordered_json out = nlohmann::ordered_json::object();
-  zip::ZipReader z(file);
-  if (z.entries().empty()) return out;
-  const std::string& first = z.entries().front().name;
-  const std::string prefix = first.substr(0, first.find('/') + 1);
-  for (const char* rec : {"version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id",
-                          ".data/version"}) {
-    const zip::Entry* e = z.find(prefix + rec);
-    if (!e || e->uncompressed_size > kMaxRecord) continue;
-    std::string v = z.read_string(*e);
-    while (!v.empty() && (v.back() == '\n' || v.back() == '\r')) v.pop_back();
-    out[rec] = v;
-  }
-  return out;
-}
 
 // What the records say about the writer.
 std::string writer_guess(Format format, const nlohmann::ordered_json& records) {
@@ -76,35 +53,24 @@ std::string type_summary(const Value& v) {
 }
 
 int run_info_file(const InfoArgs& a, const std::string& path, nlohmann::ordered_json* json_out) {
-  // A torch.distributed.checkpoint directory loads consolidated; its bytes are its files'.
-  const std::string dcp_dir = detail::distributed_checkpoint_dir(path);
-  std::shared_ptr<io::RandomAccessFile> file;
-  uint64_t file_bytes = 0;
-  if (dcp_dir.empty()) {
-    file = detail::open_for_load(path, true);
-    file_bytes = file->size();
-  } else {
-    std::error_code ec;
-    for (const auto& f : std::filesystem::directory_iterator(dcp_dir, ec))
-      if (f.is_regular_file(ec)) file_bytes += f.file_size(ec);
-  }
+  // A directory (a torch.distributed.checkpoint: consolidated; or one holding a checkpoint
+  // or a shard index) reports the bytes of every file read.
   LoadOptions opts;
   opts.mmap = true;
   opts.weights_only = true;
   opts.numpy = a.numpy;
   std::string unsafe_reason;
-  Format format = Format::unknown;
+  LoadReport report;
   Value root;
-  auto load_root = [&] {
-    return file ? detail::load_file(file, opts, &format, nullptr) : detail::load_path(dcp_dir, opts, &format, nullptr);
-  };
   try {
-    root = load_root();
+    root = load(path, opts, report);
   } catch (const UnsafeError& e) {
     unsafe_reason = e.message();
     opts.weights_only = false;  // inspect: unknown classes become inert objects
-    root = load_root();
+    root = load(path, opts, report);
   }
+  const Format format = report.format;
+  const uint64_t file_bytes = report.file_bytes;
 
   uint64_t count = 0, total = 0;
   std::map<std::string, std::pair<uint64_t, uint64_t>> by_dtype;  // dtype -> (tensors, bytes)
@@ -123,7 +89,8 @@ int run_info_file(const InfoArgs& a, const std::string& path, nlohmann::ordered_
   out["file"] = path;
   out["format"] = std::string(format_name(format));
   nlohmann::ordered_json records = nlohmann::ordered_json::object();
-  if (format == Format::torch_zip || format == Format::torchscript) records = archive_records(file);
+  if (format == Format::torch_zip || format == Format::torchscript)
+    for (auto& [k, v] : archive_records(report.files.front())) records[k] = std::move(v);
   if (!records.empty()) out["records"] = records;
   if (const std::string w = writer_guess(format, records); !w.empty()) out["writer"] = w;
   if (format == Format::safetensors) out["safetensors_metadata"] = safetensors_metadata(path);

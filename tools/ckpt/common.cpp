@@ -4,15 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <memory>
 #include <vector>
 
-#include "api/open_internal.hpp"
-#include "api/sharded_internal.hpp"
 #include "ckpt/open.hpp"
 #include "ckpt/error.hpp"
 
@@ -103,29 +100,11 @@ Loaded load_checkpoint(const std::string& path, const ReadFlags& flags) {
   opts.mmap = true;  // inspection needs no copy of the data
   opts.weights_only = !flags.objects;
   opts.numpy = flags.numpy;
+  LoadReport report;
   Loaded out;
-  std::error_code ec;
-  if (const std::string dir = detail::distributed_checkpoint_dir(path); !dir.empty()) {
-    out.root = detail::load_path(dir, opts, &out.format, nullptr);
-    for (const auto& f : std::filesystem::directory_iterator(dir, ec))
-      if (f.is_regular_file(ec)) out.file_bytes += f.file_size(ec);
-    return out;
-  }
-  // A directory stands for the checkpoint or the shard index it holds.
-  const std::string target =
-      std::filesystem::is_directory(path, ec) ? detail::find_checkpoint_in_dir(path) : path;
-  if (detail::is_shard_index(target)) {  // a Hugging Face sharded set: one state dict
-    OpenOptions oo;
-    oo.weights_only = opts.weights_only;
-    Reader r = open(target, oo);
-    out.format = r.format();
-    for (const auto& f : r.files()) out.file_bytes += std::filesystem::file_size(f, ec);
-    out.root = r.state_dict().to_value();
-    return out;
-  }
-  auto file = detail::open_for_load(target, true);
-  out.file_bytes = file->size();
-  out.root = detail::load_file(file, opts, &out.format, nullptr);
+  out.root = load(path, opts, report);
+  out.format = report.format;
+  out.file_bytes = report.file_bytes;
   return out;
 }
 
