@@ -18,4 +18,5 @@
 #include "ckpt/storage.hpp"
 #include "ckpt/tensor.hpp"
 #include "ckpt/value.hpp"
+#include "ckpt/verify.hpp"
 #include "ckpt/version.hpp"

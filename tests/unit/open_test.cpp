@@ -472,3 +472,45 @@ TEST(LoadReport, ADistributedCheckpointReportsEveryFileOfItsDirectory) {
   EXPECT_EQ(report.files, expected);
   EXPECT_EQ(report.file_bytes, bytes);
 }
+
+// ckpt::verify: damage is reported, a path that is no checkpoint throws.
+TEST(Verify, ReportsDamageAndThrowsOnWhatIsNoCheckpoint) {
+  TempDir dir;
+  const std::string pt = dir.path() + "/m.pt";
+  save(pt, sample_state_dict(3, 16).to_value());
+  VerifyReport r = verify(pt);
+  EXPECT_TRUE(r.ok) << r.problem;
+  EXPECT_EQ(r.format, Format::torch_zip);
+  EXPECT_GE(r.records, 4u);  // data.pkl, version, byteorder, data/0...
+
+  // One flipped byte inside a tensor's data: the record's CRC no longer matches.
+  std::string bytes = slurp(pt);
+  const int64_t at = open(pt).info("layer0.weight").file_offset;
+  ASSERT_GT(at, 0);
+  bytes[static_cast<size_t>(at) + 5] ^= 0x40;
+  const std::string bad = dir.path() + "/bad.pt";
+  { std::ofstream(bad, std::ios::binary) << bytes; }
+  r = verify(bad);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.format, Format::torch_zip);
+  EXPECT_NE(r.problem.find(bad), std::string::npos) << r.problem;
+
+  const std::string st = dir.path() + "/m.safetensors";
+  save_safetensors(st, sample_state_dict(2, 4));
+  r = verify(st);
+  EXPECT_TRUE(r.ok) << r.problem;
+  EXPECT_EQ(r.format, Format::safetensors);
+  EXPECT_EQ(r.records, 0u);
+
+  const std::string text = dir.path() + "/notes.txt";
+  { std::ofstream(text) << "not a checkpoint\n"; }
+  EXPECT_THROW(verify(text), FormatError);
+  EXPECT_THROW(verify(dir.path() + "/missing.pt"), IoError);
+
+  const std::string dcp = std::string(CKPT_TEST_DATA_DIR) + "/dcp/torch2_w2";
+  r = verify(dcp);
+  EXPECT_TRUE(r.ok) << r.problem;
+  EXPECT_EQ(r.format, Format::dcp);
+  EXPECT_GT(r.items, 0u);
+  EXPECT_GT(r.records, 0u);
+}
