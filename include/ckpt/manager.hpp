@@ -178,6 +178,15 @@ class CheckpointManager {
   std::optional<CheckpointInfo> best() const;
   std::vector<CheckpointInfo> list() const;
 
+  // Reads every valid checkpoint whole and checks its size and CRC-32 against
+  // the manifest; one that differs, or cannot be read, is marked invalid with
+  // the reason in `problem` (as a damaged load would mark it). `progress`, when
+  // given, is called after each chunk read with the checkpoint being read and
+  // the bytes just read. Returns list() afterwards. Allowed on read_only
+  // managers (the marks are not written anywhere).
+  std::vector<CheckpointInfo> verify(
+      const std::function<void(const CheckpointInfo& checkpoint, uint64_t bytes)>& progress = {});
+
   // Loads latest() / best() after checking size and CRC against the
   // manifest. Throws ckpt::Error when there is none and ckpt::FormatError
   // when its bytes do not match (resume() skips such files instead).

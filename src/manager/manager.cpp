@@ -78,7 +78,8 @@ std::string read_small_file(io::Env& env, const std::string& path, uint64_t limi
 }
 
 // Size and CRC-32 of a whole file.
-std::pair<uint64_t, uint32_t> checksum_file(io::Env& env, const std::string& path) {
+std::pair<uint64_t, uint32_t> checksum_file(io::Env& env, const std::string& path,
+                                            const std::function<void(uint64_t)>& progress = {}) {
   auto f = env.open_for_read(path, io::ReadMode::random);
   std::vector<std::byte> buf(static_cast<size_t>(std::min<uint64_t>(f->size(), kChecksumChunk)));
   uint32_t crc = 0;
@@ -87,6 +88,7 @@ std::pair<uint64_t, uint32_t> checksum_file(io::Env& env, const std::string& pat
     f->read_at(off, std::span<std::byte>(buf.data(), n));
     crc = zip::crc32(std::span<const std::byte>(buf.data(), n), crc);
     off += n;
+    if (progress) progress(n);
   }
   return {f->size(), crc};
 }
@@ -178,6 +180,8 @@ struct CheckpointManager::Impl {
   std::vector<CheckpointInfo> apply_retention(bool dry_run = false);
   std::string unique_name(int64_t step, const Metrics& metrics, const std::vector<CheckpointInfo>& known);
   void verify(const CheckpointInfo& e) const;
+  // Why e's file does not match the manifest ("" when it does); throws when unreadable.
+  std::string damage(const CheckpointInfo& e, const std::function<void(uint64_t)>& progress = {}) const;
   void mark_invalid(const std::string& file, const std::string& problem);
   Value load_verified(const CheckpointInfo& e, const LoadOptions& options);
   void rethrow_error_locked(std::unique_lock<std::mutex>& lk);
@@ -663,16 +667,18 @@ std::optional<CheckpointInfo> CheckpointManager::Impl::best_locked() const {
   return best ? std::optional(with_path(*best)) : std::nullopt;
 }
 
-void CheckpointManager::Impl::verify(const CheckpointInfo& e) const {
-  auto [size, crc] = checksum_file(env, join(dir, e.file));
+std::string CheckpointManager::Impl::damage(const CheckpointInfo& e,
+                                            const std::function<void(uint64_t)>& progress) const {
+  auto [size, crc] = checksum_file(env, join(dir, e.file), progress);
   if (size != e.size)
-    throw FormatError("checkpoint is damaged: it is " + std::to_string(size) + " bytes, the manifest says " +
-                          std::to_string(e.size),
-                      ErrorContext{join(dir, e.file)});
-  if (crc != e.crc32)
-    throw FormatError("checkpoint is damaged: its CRC-32 is " + hex32(crc) + ", the manifest says " +
-                          hex32(e.crc32),
-                      ErrorContext{join(dir, e.file)});
+    return "its size is " + std::to_string(size) + " bytes, the manifest says " + std::to_string(e.size);
+  if (crc != e.crc32) return "its CRC-32 is " + hex32(crc) + ", the manifest says " + hex32(e.crc32);
+  return "";
+}
+
+void CheckpointManager::Impl::verify(const CheckpointInfo& e) const {
+  if (std::string why = damage(e); !why.empty())
+    throw FormatError("checkpoint is damaged: " + why, ErrorContext{join(dir, e.file)});
 }
 
 void CheckpointManager::Impl::mark_invalid(const std::string& file, const std::string& problem) {
@@ -788,6 +794,23 @@ std::vector<CheckpointInfo> CheckpointManager::list() const {
   out.reserve(impl_->entries.size());
   for (const auto& e : impl_->entries) out.push_back(impl_->with_path(e));
   return out;
+}
+
+std::vector<CheckpointInfo> CheckpointManager::verify(
+    const std::function<void(const CheckpointInfo&, uint64_t)>& progress) {
+  for (const CheckpointInfo& e : list()) {
+    if (!e.valid) continue;
+    std::string why;
+    try {
+      why = impl_->damage(e, [&](uint64_t n) {
+        if (progress) progress(e, n);
+      });
+    } catch (const Error& x) {
+      why = x.what();
+    }
+    if (!why.empty()) impl_->mark_invalid(e.file, why);
+  }
+  return list();
 }
 
 Value CheckpointManager::load_latest(const LoadOptions& options) {

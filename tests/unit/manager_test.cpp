@@ -716,6 +716,41 @@ TEST(ManagerResume, BitFlippedCheckpointIsSkipped) {
   EXPECT_TRUE(is_state(m.load_latest(), 1, 4096));
 }
 
+TEST(ManagerVerify, MarksTheDamagedOnesAndReportsProgress) {
+  ManagerDir dir;
+  CheckpointManager m(dir.path(), quiet({}));
+  for (int64_t s = 1; s <= 3; ++s) m.save(s, make_state(s, 4096));
+  std::string bytes = slurp(dir.file("step=00000002.pt"));
+  bytes[bytes.size() / 2] ^= 0x10;
+  spit(dir.file("step=00000002.pt"), bytes);
+
+  CheckpointManager ro(dir.path(), quiet({.read_only = true}));
+  uint64_t total = 0, expected = 0;
+  std::set<std::string> seen;
+  for (const auto& c : ro.list()) expected += c.size;
+  const auto list = ro.verify([&](const CheckpointInfo& c, uint64_t n) {
+    seen.insert(c.file);
+    total += n;
+  });
+  EXPECT_EQ(total, expected);
+  EXPECT_EQ(seen.size(), 3u);
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_TRUE(list[0].valid);
+  EXPECT_FALSE(list[1].valid);
+  EXPECT_EQ(list[1].problem.rfind("its CRC-32 is ", 0), 0u) << list[1].problem;
+  EXPECT_NE(list[1].problem.find(", the manifest says "), std::string::npos) << list[1].problem;
+  EXPECT_TRUE(list[2].valid);
+  EXPECT_FALSE(ro.list()[1].valid);  // the mark stays for this manager
+  EXPECT_EQ(ro.best() ? ro.best()->step : 0, 0);  // no metric: no best
+
+  // A file gone since opening is unreadable: invalid, with the read error.
+  fs::remove(dir.file("step=00000003.pt"));
+  const auto after = ro.verify();
+  EXPECT_FALSE(after[2].valid);
+  EXPECT_FALSE(after[2].problem.empty());
+  EXPECT_EQ(ro.latest()->step, 1);
+}
+
 TEST(ManagerResume, NothingValidMeansAFreshStart) {
   ManagerDir dir;
   CheckpointManager m(dir.path(), quiet({}));

@@ -7,12 +7,10 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/manager.hpp"
 #include "commands.hpp"
 #include "common.hpp"
-#include "container/zip.hpp"
 #include "progress.hpp"
 
 namespace ckpt::cli {
@@ -30,39 +28,11 @@ struct ManageArgs {
   std::string mode = "min";
 };
 
+// The manifest's form of a CRC-32 (eight lower-case hex digits).
 std::string crc_hex(uint32_t c) {
   char buf[12];
   std::snprintf(buf, sizeof buf, "%08x", c);
   return buf;
-}
-
-// Reads the whole file and checks its size and CRC-32 against the manifest.
-void verify_entry(CheckpointInfo& c, Progress& bar) {
-  if (!c.valid) return;
-  try {
-    auto f = detail::open_for_load(c.path, false);
-    if (f->size() != c.size) {
-      c.valid = false;
-      c.problem = "its size is " + thousands(f->size()) + " bytes, the manifest says " + thousands(c.size);
-      return;
-    }
-    constexpr size_t kChunk = 1 << 20;  // 1 MiB reads: cheap, and the bar moves
-    std::vector<std::byte> buf(kChunk);
-    uint32_t crc = 0;
-    for (uint64_t off = 0; off < c.size; off += kChunk) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, c.size - off));
-      f->read_at(off, std::span<std::byte>(buf.data(), n));
-      crc = zip::crc32(std::span<const std::byte>(buf.data(), n), crc);
-      bar.advance(n);
-    }
-    if (crc != c.crc32) {
-      c.valid = false;
-      c.problem = "its CRC-32 is " + crc_hex(crc) + ", the manifest says " + crc_hex(c.crc32);
-    }
-  } catch (const Error& e) {
-    c.valid = false;
-    c.problem = e.what();
-  }
 }
 
 std::string metrics_text(const Metrics& m) {
@@ -116,10 +86,10 @@ int run_manage(const ManageArgs& a) {
     uint64_t total = 0;
     for (const auto& c : list) total += c.valid ? c.size : 0;
     Progress bar("verify", total, Progress::Unit::bytes);
-    for (auto& c : list) {
+    list = mgr.verify([&](const CheckpointInfo& c, uint64_t bytes) {
       bar.set_detail(c.file);
-      verify_entry(c, bar);
-    }
+      bar.advance(bytes);
+    });
     bar.finish();
   }
   const auto latest = mgr.latest();
