@@ -362,6 +362,26 @@ ZipWriter::ZipWriter(io::WritableFile& out, WriterOptions options) : out_(out), 
   pos_ = out_.size();
 }
 
+void ZipWriter::emit(std::span<const std::byte> bytes) {
+  // Small pieces (headers, descriptors, small records) are gathered into one
+  // buffer written kWriteBuffer bytes at a time; large ones go straight
+  // through (after what is buffered), without a copy.
+  if (bytes.size() >= kDirectWrite) {
+    flush();
+    out_.append(bytes);
+    return;
+  }
+  if (buffer_.size() + bytes.size() > kWriteBuffer) flush();
+  if (buffer_.capacity() < kWriteBuffer) buffer_.reserve(kWriteBuffer);
+  buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
+}
+
+void ZipWriter::flush() {
+  if (buffer_.empty()) return;
+  out_.append(buffer_);
+  buffer_.clear();
+}
+
 void ZipWriter::add(std::string_view name, std::span<const std::byte> data) {
   begin_entry(name, data.size());
   write(data);
@@ -407,7 +427,7 @@ void ZipWriter::begin_entry(std::string_view name, uint64_t size) {
   put16(h, kPaddingExtraId);
   put16(h, static_cast<uint16_t>(pad));
   h.append(pad, 'Z');
-  out_.append(as_bytes(h));
+  emit(as_bytes(h));
   pos_ += h.size();
   in_entry_ = true;
 }
@@ -418,7 +438,7 @@ void ZipWriter::write(std::span<const std::byte> piece) {
     throw Error("zip writer: entry '" + current_.name + "' receives more than its declared " +
                 std::to_string(current_.size) + " bytes");
   if (options_.compute_crc) current_.crc = crc32(piece, current_.crc);
-  out_.append(piece);
+  emit(piece);
   current_written_ += piece.size();
   pos_ += piece.size();
 }
@@ -438,7 +458,7 @@ void ZipWriter::end_entry() {
     put32(d, static_cast<uint32_t>(current_.size));
     put32(d, static_cast<uint32_t>(current_.size));
   }
-  out_.append(as_bytes(d));
+  emit(as_bytes(d));
   pos_ += d.size();
   written_.push_back(std::move(current_));
   in_entry_ = false;
@@ -480,12 +500,12 @@ void ZipWriter::finish() {
     cd += w.name;
     cd += extra;
     if (cd.size() >= (size_t{1} << 24)) {  // stream large directories
-      out_.append(as_bytes(cd));
+      emit(as_bytes(cd));
       pos_ += cd.size();
       cd.clear();
     }
   }
-  out_.append(as_bytes(cd));
+  emit(as_bytes(cd));
   pos_ += cd.size();
   const uint64_t cd_size = pos_ - cd_offset;
   const uint64_t n = written_.size();
@@ -515,7 +535,8 @@ void ZipWriter::finish() {
   put32(e, cd_size >= 0xFFFFFFFF ? 0xFFFFFFFF : static_cast<uint32_t>(cd_size));
   put32(e, cd_offset >= 0xFFFFFFFF ? 0xFFFFFFFF : static_cast<uint32_t>(cd_offset));
   put16(e, 0);
-  out_.append(as_bytes(e));
+  emit(as_bytes(e));
+  flush();
   pos_ += e.size();
   finished_ = true;
 }

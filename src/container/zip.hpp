@@ -111,10 +111,18 @@ class ZipWriter {
   void begin_entry(std::string_view name, uint64_t size);
   void write(std::span<const std::byte> piece);
   void end_entry();
-  // Central directory and end records. Must be called once, last.
+  // Central directory and end records. Must be called once, last. Until it
+  // returns, what was given may still sit in the writer's buffer, not in `out`.
   void finish();
+  // The CRC-32 of the last record ended (with WriterOptions::compute_crc).
+  uint32_t last_crc() const { return written_.empty() ? 0 : written_.back().crc; }
 
  private:
+  static constexpr size_t kWriteBuffer = size_t{1} << 20;
+  static constexpr size_t kDirectWrite = size_t{64} << 10;
+  void emit(std::span<const std::byte> bytes);
+  void flush();
+  std::vector<std::byte> buffer_;
   struct Written {
     std::string name;
     uint32_t crc;

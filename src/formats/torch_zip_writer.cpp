@@ -16,7 +16,7 @@ constexpr std::string_view kFileFormatVersion = "3\n";
 // `.format_version` "1": storages are written in numeric key order (torch 2.7+).
 constexpr std::string_view kFormatVersion = "1";
 // Bytes of a storage handed to the zip writer at a time: small enough that the
-// second CRC pass (for the serialization id) reads from cache.
+// write() after the CRC pass reads from cache.
 constexpr size_t kStreamChunk = size_t{1} << 20;
 constexpr uint32_t kDescriptorSig = 0x08074b50;  // "PK\7\8"
 
@@ -92,7 +92,7 @@ void write_torch_zip(io::WritableFile& out, const Value& value, const std::strin
   auto small = [&](std::string_view record, std::string_view content) {
     const std::string full = folder + std::string(record);
     w.add(full, bytes_of(content));
-    sid.add(record, full, zip::crc32(bytes_of(content)), content.substr(0, 8));
+    sid.add(record, full, w.last_crc(), content.substr(0, 8));
   };
   small("data.pkl", pkl);
   small(".format_version", kFormatVersion);
@@ -103,16 +103,14 @@ void write_torch_zip(io::WritableFile& out, const Value& value, const std::strin
     const std::string full = folder + record;
     const std::byte* data = s.storage.data();
     const uint64_t n = s.storage.nbytes();
-    uint32_t crc = 0;
     w.begin_entry(full, n);
     for (uint64_t done = 0; done < n;) {
       const size_t chunk = static_cast<size_t>(std::min<uint64_t>(kStreamChunk, n - done));
-      w.write({data + done, chunk});
-      crc = zip::crc32({data + done, chunk}, crc);
+      w.write({data + done, chunk});  // CRC, then write, of a chunk still in cache
       done += chunk;
     }
     w.end_entry();
-    sid.add(record, full, crc,
+    sid.add(record, full, w.last_crc(),
             std::string_view(reinterpret_cast<const char*>(data), static_cast<size_t>(std::min<uint64_t>(n, 8))));
   }
   small("version", kFileFormatVersion);

@@ -623,6 +623,10 @@ TEST(Save, FaultAtEveryCallKeepsThePreviousFile) {
   StateDict sd;
   sd.set("weight", filled(DType::float32, {2, 3}, 1));
   sd.set("bias", filled(DType::float32, {2}, 2));
+  // Storages large enough to be written straight from the tensor (not through
+  // the zip writer's buffer), so that the file is written in several calls.
+  sd.set("big", filled(DType::float32, {64 * 1024}, 3));
+  sd.set("big2", filled(DType::float32, {64 * 1024}, 4));
   sd.metadata = dict({{Value(""), dict({{Value("version"), Value(1)}})}}, true);
   const Value value = sd.to_value();
   const std::string new_bytes = save_to_buffer(value, {.archive_name = "model"});

@@ -2,6 +2,7 @@
 // (when the interpreters are given) torch itself reading what ckpt wrote.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -193,6 +194,77 @@ TEST(Writer, FaultAtEveryCallKeepsThePreviousFile) {
         EXPECT_EQ(dir.names(), (std::vector<std::string>{"ckpt.pt"}));  // no temporary left behind
       }
     }
+  }
+}
+
+// Counts the appends a writer makes and their sizes; keeps the bytes.
+class CountingFile final : public io::WritableFile {
+ public:
+  void append(std::span<const std::byte> data) override {
+    sizes.push_back(data.size());
+    bytes.append(reinterpret_cast<const char*>(data.data()), data.size());
+  }
+  void sync() override {}
+  void close() override {}
+  uint64_t size() const override { return bytes.size(); }
+  std::vector<size_t> sizes;
+  std::string bytes;
+};
+
+// Small records, headers and descriptors are coalesced into large writes; a
+// large piece is handed to the file whole; the archive reads back, CRCs right.
+TEST(Writer, ZipWriterCoalescesSmallPiecesAndPassesLargeOnes) {
+  CountingFile f;
+  {
+    zip::ZipWriter z(f);
+    for (int i = 0; i < 20000; ++i) {
+      const std::string data = "record " + std::to_string(i);
+      z.add("r/" + std::to_string(i), bytes_of(data));
+    }
+    std::string big(size_t{3} << 20, 'b');
+    z.add("big", bytes_of(big));
+    z.add("tail", bytes_of(std::string("t")));
+    z.finish();
+  }
+  EXPECT_LT(f.sizes.size(), 20u);  // not ~60,000 small writes
+  EXPECT_NE(std::find(f.sizes.begin(), f.sizes.end(), size_t{3} << 20), f.sizes.end());
+  zip::ZipReader r(io::memory_file(bytes_of(f.bytes)));
+  ASSERT_EQ(r.entries().size(), 20002u);
+  for (const auto& e : r.entries()) EXPECT_NO_THROW(r.verify(e, /*strict=*/true)) << e.name;
+  EXPECT_EQ(r.read_string(*r.find("r/12345")), "record 12345");
+  EXPECT_EQ(r.read_string(*r.find("tail")), "t");
+}
+
+// A save of many small tensors (written through the buffer) that fails part
+// way, at each of its writes in turn: the previous file stays, no temporary.
+TEST(Writer, ManySmallTensorsFaultKeepsThePreviousFile) {
+  TempDir dir;
+  const std::string path = dir / "many.pt";
+  Value old_value = Value::dict();
+  old_value.as_dict().set(Value("old"), Value(iota(DType::int64, {3})));
+  save(path, old_value);
+  const std::string old_bytes = slurp(path);
+  Value many = Value::dict();
+  for (int i = 0; i < 30000; ++i) many.as_dict().set(Value("t" + std::to_string(i)), Value(iota(DType::float32, {16})));
+  io::FaultInjectionEnv counter(io::Env::posix());
+  detail::save(counter, dir / "probe.pt", many, SaveOptions{});
+  fs::remove(dir / "probe.pt");
+  const int64_t total = counter.calls();
+  ASSERT_GT(total, 8);  // create, several 1 MiB writes, fsync, close, rename, fsync directory
+  for (int64_t n = 1; n + 3 < total; ++n) {  // up to the rename (then the directory fsyncs)
+    SCOPED_TRACE("at call " + std::to_string(n) + " of " + std::to_string(total));
+    io::FaultInjectionEnv env(io::Env::posix());
+    env.fail_at = n;
+    env.error = ENOSPC;
+    try {
+      detail::save(env, path, many, SaveOptions{});
+      ADD_FAILURE() << "the save did not report the failure";
+    } catch (const IoError& e) {
+      EXPECT_EQ(e.code(), ENOSPC);
+      EXPECT_NE(std::string(e.what()).find("many.pt"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(slurp(path) == old_bytes);
+    EXPECT_EQ(dir.names(), (std::vector<std::string>{"many.pt"}));
   }
 }
 
