@@ -23,6 +23,7 @@
 
 #include "ckpt/options.hpp"
 #include "ckpt/state_dict.hpp"
+#include "ckpt/tree.hpp"  // lookup(root, "optimizer/state/0")
 #include "ckpt/value.hpp"
 
 namespace ckpt {
@@ -55,9 +56,5 @@ Value load(const std::string& path, const LoadOptions& options, LoadReport& repo
 // and which `key` would select a state dict inside it.
 StateDict load_state_dict(const std::string& path, const LoadOptions& options = {});
 StateDict load_state_dict(std::span<const std::byte> bytes, const LoadOptions& options = {});
-
-// Follows a '/'-separated path ("optimizer/state/0") through dicts (string or
-// integer keys), lists and tuples. Throws ckpt::TypeError naming the missing part.
-const Value& lookup(const Value& root, std::string_view path);
 
 }  // namespace ckpt

@@ -24,7 +24,11 @@
 //    (`model.safetensors`, `pytorch_model.bin`). Its tensors come out as one
 //    state dict in weight_map order; every shard is opened (headers only)
 //    and checked against the index: a tensor the index names but its shard
-//    lacks, or a shard tensor missing from the index, is a FormatError.
+//    lacks, or a shard tensor missing from the index, is a FormatError;
+//  - a torch.distributed.checkpoint directory (or its `.metadata`): read at
+//    open and consolidated, each tensor assembled from its chunks (copied
+//    where a tensor has several); format() is Format::dcp and each
+//    TensorInfo's file the directory.
 //
 // A Reader is cheap to copy (shared state) and safe to use from several
 // threads at once.

@@ -85,6 +85,10 @@ struct SaveOptions {
   uint32_t alignment = 64;
   // fsync the file and its directory (turn off only for scratch files).
   bool fsync = true;
+  // Called on the saving thread after each write with the bytes just
+  // written (a progress bar: the calls add up to the file's size). An
+  // exception it throws aborts the save, leaving any previous file as it was.
+  std::function<void(uint64_t bytes)> progress;
 };
 
 // What refresh_onnx_weights (ckpt/onnx.hpp) did.

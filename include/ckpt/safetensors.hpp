@@ -35,9 +35,10 @@ namespace ckpt {
 // (complex128, complex32, quantized and bits types) and for tensors sharing
 // memory, ckpt::TypeError for names that are not UTF-8 or are
 // "__metadata__", ckpt::IoError when the file system fails. Empty metadata
-// writes no "__metadata__" entry (as save_file(..., metadata=None)).
+// writes no "__metadata__" entry (as save_file(..., metadata=None)). Of the
+// options, fsync and progress apply.
 void save_safetensors(const std::string& path, const StateDict& state_dict,
-                      const std::map<std::string, std::string>& metadata = {});
+                      const std::map<std::string, std::string>& metadata = {}, const SaveOptions& options = {});
 // The bytes save_safetensors would write.
 std::string save_safetensors_to_buffer(const StateDict& state_dict,
                                        const std::map<std::string, std::string>& metadata = {});
@@ -61,9 +62,11 @@ std::map<std::string, std::string> safetensors_metadata(const std::string& path)
 // share a storage are stored as independent copies. Values JSON cannot hold
 // (inert objects, storages) throw ckpt::UnsupportedError. Returns the number
 // of references that were stored as aliases of an earlier tensor.
-// The convention is documented in docs/formats/safetensors.md.
+// The convention is documented in docs/formats/safetensors.md. Of the
+// options, fsync and progress apply.
 size_t save_safetensors_checkpoint(const std::string& path, const Value& checkpoint,
-                                   const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+                                   const std::map<std::string, std::string>& metadata = {{"format", "pt"}},
+                                   const SaveOptions& options = {});
 std::string save_safetensors_checkpoint_to_buffer(const Value& checkpoint,
                                                   const std::map<std::string, std::string>& metadata = {
                                                       {"format", "pt"}});

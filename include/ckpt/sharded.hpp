@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -36,6 +37,8 @@ struct ShardOptions {
   // safetensors only: each shard's `__metadata__` (transformers writes
   // {"format": "pt"}).
   std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  // As SaveOptions::progress, over every shard and the index in turn.
+  std::function<void(uint64_t bytes)> progress;
 };
 
 struct ShardedFiles {

@@ -10,12 +10,12 @@
 #include <string_view>
 
 #include "api/distributed_internal.hpp"
-#include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/save.hpp"
 #include "core/checked.hpp"
 #include "container/zip.hpp"
 #include "formats/dcp.hpp"
+#include "formats/dcp_reader.hpp"
 #include "formats/torch_zip.hpp"
 #include "io/file.hpp"
 
@@ -25,245 +25,39 @@ namespace dcp = formats::dcp;
 
 namespace {
 
-// Bytes [offset, offset + length) of a parent file, as a file of their own
-// (a torch.save record inside a .distcp file). Memory stays shared.
-class SliceFile final : public io::RandomAccessFile {
- public:
-  SliceFile(std::shared_ptr<io::RandomAccessFile> parent, uint64_t offset, uint64_t length, std::string name)
-      : parent_(std::move(parent)), offset_(offset), length_(length), name_(std::move(name)) {}
-  const std::string& name() const override { return name_; }
-  uint64_t size() const override { return length_; }
-  void read_at(uint64_t offset, std::span<std::byte> dst) const override {
-    if (offset > length_ || dst.size() > length_ - offset)
-      throw FormatError("read of " + std::to_string(dst.size()) + " bytes at " + std::to_string(offset) +
-                            " passes the end of the " + std::to_string(length_) + "-byte record",
-                        ErrorContext{name_, "", offset});
-    parent_->read_at(offset_ + offset, dst);
-  }
-  const std::byte* memory() const override {
-    const std::byte* m = parent_->memory();
-    return m ? m + offset_ : nullptr;
-  }
-  std::shared_ptr<const void> keepalive() const override { return parent_->keepalive(); }
-
- private:
-  std::shared_ptr<io::RandomAccessFile> parent_;
-  uint64_t offset_, length_;
-  std::string name_;
-};
-
-std::string read_whole(const std::string& path) {
-  auto f = io::open_file(path);
-  std::string s(static_cast<size_t>(f->size()), '\0');
-  f->read_at(0, std::as_writable_bytes(std::span<char>(s)));
-  return s;
-}
-
 std::span<const std::byte> as_bytes(const std::string& s) { return std::as_bytes(std::span<const char>(s)); }
-
-std::string metadata_path(const std::string& dir) {
-  return (std::filesystem::path(dir) / dcp::kMetadataFile).string();
-}
-
-// Copies the intersection of box `src` (a tensor whose element 0 is at
-// `src_off` in global coordinates) and box `dst` (contiguous, at `dst_off`).
-void copy_overlap(const Tensor& src, const std::vector<int64_t>& src_off, Tensor& dst,
-                  const std::vector<int64_t>& dst_off) {
-  const size_t n = dst_off.size();
-  std::vector<int64_t> lo(n), hi(n);
-  for (size_t d = 0; d < n; ++d) {
-    lo[d] = std::max(src_off[d], dst_off[d]);
-    hi[d] = std::min(src_off[d] + src.sizes()[d], dst_off[d] + dst.sizes()[d]);
-    if (lo[d] >= hi[d]) return;
-  }
-  const size_t item = src.itemsize();
-  const std::vector<int64_t>& ss = src.strides();
-  const std::vector<int64_t> ds = Tensor::contiguous_strides(dst.sizes());
-  const std::byte* sbase = src.data();
-  std::byte* dbase = dst.mutable_data();
-  if (n == 0) {
-    std::memcpy(dbase, sbase, item);
-    return;
-  }
-  const int64_t run = hi[n - 1] - lo[n - 1];
-  std::vector<int64_t> idx(lo);
-  while (true) {
-    int64_t so = 0, dof = 0;
-    for (size_t d = 0; d < n; ++d) {
-      so += (idx[d] - src_off[d]) * ss[d];
-      dof += (idx[d] - dst_off[d]) * ds[d];
-    }
-    if (ss[n - 1] == 1) {
-      std::memcpy(dbase + dof * static_cast<int64_t>(item), sbase + so * static_cast<int64_t>(item),
-                  static_cast<size_t>(run) * item);
-    } else {
-      for (int64_t i = 0; i < run; ++i)
-        std::memcpy(dbase + (dof + i) * static_cast<int64_t>(item), sbase + (so + i * ss[n - 1]) * static_cast<int64_t>(item),
-                    item);
-    }
-    size_t d = n - 1;  // odometer over all dims but the last
-    while (d > 0) {
-      --d;
-      if (++idx[d] < hi[d]) break;
-      idx[d] = lo[d];
-      if (d == 0) return;
-    }
-    if (n == 1) return;
-  }
-}
 
 }  // namespace
 
-// ---------------------------------------------------------------- reading
+// ---------------------------------------------------------------- reading: a face over formats::dcp::Reader
 
-bool is_distributed_checkpoint(const std::string& dir) {
-  std::error_code ec;
-  const std::string p = metadata_path(dir);
-  if (!std::filesystem::is_directory(dir, ec) || !std::filesystem::is_regular_file(p, ec)) return false;
-  // An error reading `.metadata` propagates: an unreadable checkpoint must
-  // not pass for a directory without one.
-  const std::string bytes = read_whole(p);
-  try {
-    return dcp::is_metadata(as_bytes(bytes));
-  } catch (const Error&) {
-    return false;
-  }
-}
+bool is_distributed_checkpoint(const std::string& dir) { return dcp::is_checkpoint_dir(dir); }
 
 struct DistributedReader::Impl {
-  std::string dir;
-  LoadOptions options;
-  dcp::Metadata md;
+  dcp::Reader reader;
   std::vector<Item> items;
   std::map<std::string, size_t> by_name;
-  mutable std::mutex mu;
-  mutable std::map<std::string, std::shared_ptr<io::RandomAccessFile>> files;
-  mutable uint64_t bytes_read = 0;
 
-  void init(const std::string& metadata_bytes) {
-    md = dcp::parse_metadata(as_bytes(metadata_bytes), metadata_path(dir));
-    for (size_t i = 0; i < md.entries.size(); ++i) {
-      const dcp::Entry& e = md.entries[i];
+  Impl(const std::string& dir, const LoadOptions& options, std::string_view metadata_bytes)
+      : reader(dir, options, metadata_bytes) {
+    const auto& entries = reader.metadata().entries;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const dcp::Entry& e = entries[i];
       items.push_back(Item{e.fqn, e.is_tensor, e.dtype, e.size, e.chunks.size()});
       by_name.emplace(e.fqn, i);
     }
   }
-
-  const dcp::Entry& entry(const std::string& name) const {
-    auto it = by_name.find(name);
-    if (it == by_name.end()) throw TypeError("no item '" + name + "' in the distributed checkpoint", ErrorContext{dir});
-    return md.entries[it->second];
-  }
-
-  // The bytes of a record, bounds-checked against its data file.
-  std::shared_ptr<io::RandomAccessFile> record_file(const dcp::Entry& e, const dcp::StorageInfo& s) const {
-    const std::string path = (std::filesystem::path(dir) / s.relative_path).string();
-    std::shared_ptr<io::RandomAccessFile> file;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      auto it = files.find(path);
-      if (it == files.end()) it = files.emplace(path, detail::open_for_load(path, options.mmap)).first;
-      file = it->second;
-      bytes_read += s.length;
-    }
-    if (s.offset > file->size() || s.length > file->size() - s.offset)
-      throw FormatError("record of " + std::to_string(s.length) + " bytes at offset " + std::to_string(s.offset) +
-                            " passes the end of the " + std::to_string(file->size()) + "-byte data file",
-                        ErrorContext{path, e.fqn, s.offset});
-    // Errors from inside the record name the data file, the item and where the record starts.
-    return std::make_shared<SliceFile>(file, s.offset, s.length,
-                                       path + " (item '" + e.fqn + "', record at byte " + std::to_string(s.offset) + ")");
-  }
-
-  // The torch.save record of an item, loaded (tensors and values alike).
-  // `raw_ok`: a record that is not a torch.save blob is returned as bytes.
-  Value load_record(const dcp::Entry& e, const dcp::StorageInfo& s, bool raw_ok, const LoadOptions& opts) const {
-    auto slice = record_file(e, s);
-    try {
-      if (raw_ok && detail::detect(slice) == Format::unknown) {
-        std::string raw(static_cast<size_t>(s.length), '\0');
-        slice->read_at(0, std::as_writable_bytes(std::span<char>(raw)));
-        return Value::bytes(std::move(raw));
-      }
-      LoadOptions o = opts;
-      o.key.clear();
-      return detail::load_file(slice, o, nullptr, nullptr);
-    } catch (Error& err) {
-      err.add_context(ErrorContext{slice->name()});
-      throw;
-    }
-  }
-
-  // ckpt verify: the record's archive structure and CRCs.
-  void verify_record(const dcp::Entry& e, const dcp::StorageInfo& s) const {
-    auto slice = record_file(e, s);
-    try {
-      if (!e.is_tensor && detail::detect(slice) == Format::unknown) return;  // raw bytes: nothing to check
-      zip::ZipReader z(slice);
-      formats::verify_torch_zip(z);
-    } catch (Error& err) {
-      err.add_context(ErrorContext{slice->name()});
-      throw;
-    }
-  }
-
-  Tensor load_chunk(const dcp::Entry& e, const dcp::Chunk& c) const {
-    Value v = load_record(e, c.storage, false, options);
-    const std::string where = e.fqn;
-    const std::string path = (std::filesystem::path(dir) / c.storage.relative_path).string();
-    if (!v.is_tensor())
-      throw FormatError("chunk record holds a " + std::string(v.kind_name()) + ", not a tensor",
-                        ErrorContext{path, where, c.storage.offset});
-    const Tensor& t = v.as_tensor();
-    if (t.dtype() != e.dtype || t.sizes() != c.sizes)
-      throw FormatError("chunk record holds a " + std::string(name(t.dtype())) + " tensor of shape " +
-                            format_shape(t.sizes()) + ", .metadata says " + std::string(name(e.dtype)) + " " +
-                            format_shape(c.sizes),
-                        ErrorContext{path, where, c.storage.offset});
-    return t;
-  }
-
-  Tensor read_region(const dcp::Entry& e, const std::vector<int64_t>& offsets,
-                     const std::vector<int64_t>& sizes) const {
-    if (!e.is_tensor) throw TypeError("item '" + e.fqn + "' is not a tensor", ErrorContext{dir});
-    bool ok = offsets.size() == e.size.size() && sizes.size() == e.size.size();
-    for (size_t d = 0; ok && d < e.size.size(); ++d)
-      ok = offsets[d] >= 0 && sizes[d] >= 0 && offsets[d] <= e.size[d] && sizes[d] <= e.size[d] - offsets[d];
-    if (!ok)
-      throw TypeError("region at " + format_shape(offsets) + " of shape " + format_shape(sizes) +
-                          " is outside tensor '" + e.fqn + "' of shape " + format_shape(e.size),
-                      ErrorContext{dir});
-    Tensor out = Tensor::empty(e.dtype, sizes);
-    if (out.numel() == 0) return out;
-    for (const dcp::Chunk& c : e.chunks) {
-      bool meets = true;
-      for (size_t d = 0; meets && d < e.size.size(); ++d)
-        meets = c.offsets[d] < offsets[d] + sizes[d] && offsets[d] < c.offsets[d] + c.sizes[d];
-      int64_t vol = 1;
-      for (int64_t s : c.sizes) vol *= s;
-      if (!meets || vol == 0) continue;
-      Tensor t = load_chunk(e, c);
-      copy_overlap(t, c.offsets, out, offsets);
-    }
-    return out;
-  }
 };
 
-DistributedReader::DistributedReader(const std::string& dir, const LoadOptions& options) : impl_(std::make_unique<Impl>()) {
-  impl_->dir = dir;
-  impl_->options = options;
-  impl_->init(read_whole(metadata_path(dir)));
-}
+DistributedReader::DistributedReader(const std::string& dir, const LoadOptions& options)
+    : impl_(std::make_unique<Impl>(dir, options, dcp::read_metadata_bytes(dir))) {}
 
-DistributedReader::DistributedReader(const std::string& dir, Comm& comm, const LoadOptions& options)
-    : impl_(std::make_unique<Impl>()) {
-  impl_->dir = dir;
-  impl_->options = options;
+DistributedReader::DistributedReader(const std::string& dir, Comm& comm, const LoadOptions& options) {
   std::string bytes;
   std::string failure;
   if (comm.rank() == 0) {
     try {
-      bytes = read_whole(metadata_path(dir));
+      bytes = dcp::read_metadata_bytes(dir);
     } catch (const Error& e) {
       failure = e.what();
     }
@@ -273,8 +67,8 @@ DistributedReader::DistributedReader(const std::string& dir, Comm& comm, const L
   comm.broadcast(msg, 0);
   if (msg.empty() || msg[0] != '1')
     throw IoError("rank 0 could not read the checkpoint's .metadata: " + (msg.empty() ? std::string() : msg.substr(1)), 0,
-                  ErrorContext{metadata_path(dir)});
-  impl_->init(msg.substr(1));
+                  ErrorContext{dcp::metadata_path(dir)});
+  impl_ = std::make_unique<Impl>(dir, options, std::string_view(msg).substr(1));
 }
 
 DistributedReader::~DistributedReader() = default;
@@ -284,113 +78,29 @@ DistributedReader& DistributedReader::operator=(DistributedReader&&) noexcept = 
 const std::vector<DistributedReader::Item>& DistributedReader::items() const noexcept { return impl_->items; }
 
 const DistributedReader::Item& DistributedReader::item(const std::string& name) const {
-  impl_->entry(name);
+  impl_->reader.entry(name);  // the error for a missing name
   return impl_->items[impl_->by_name.at(name)];
 }
 
 Tensor DistributedReader::read(const std::string& name) const {
-  const dcp::Entry& e = impl_->entry(name);
-  return impl_->read_region(e, std::vector<int64_t>(e.size.size(), 0), e.size);
+  const dcp::Entry& e = impl_->reader.entry(name);
+  return impl_->reader.read_region(e, std::vector<int64_t>(e.size.size(), 0), e.size);
 }
 
 Tensor DistributedReader::read(const std::string& name, const std::vector<int64_t>& offsets,
                                const std::vector<int64_t>& sizes) const {
-  return impl_->read_region(impl_->entry(name), offsets, sizes);
+  return impl_->reader.read_region(impl_->reader.entry(name), offsets, sizes);
 }
 
 Value DistributedReader::read_value(const std::string& name) const {
-  const dcp::Entry& e = impl_->entry(name);
-  if (e.is_tensor) return Value(read(name));
-  return impl_->load_record(e, e.bytes, true, impl_->options);
+  return impl_->reader.read_value(impl_->reader.entry(name));
 }
 
-namespace {
+Value DistributedReader::consolidate() const { return impl_->reader.consolidate(); }
 
-// torch's set_element: walks `path` from `root`, making dicts for str keys
-// and lists (padded with None) for int indexes.
-void set_element(Value& root, const std::vector<Value>& path, Value value, size_t max_index, const std::string& fqn) {
-  auto bad = [&](const std::string& why) {
-    throw FormatError("planner_data path of '" + fqn + "' " + why, ErrorContext{"", ".metadata"});
-  };
-  Value cur = root;
-  for (size_t i = 0; i < path.size(); ++i) {
-    const Value& key = path[i];
-    const bool last = i + 1 == path.size();
-    Value fresh = last ? value : (path[i + 1].is_int() ? Value::list() : Value::dict());
-    if (key.is_string()) {
-      if (!cur.is_dict()) bad("uses key '" + key.as_string() + "' on a list");
-      Value* slot = cur.as_dict().find(key);
-      if (last) {
-        if (slot) bad("names an item twice");
-        cur.as_dict().set(key, std::move(fresh));
-        return;
-      }
-      if (!slot || slot->is_none()) {
-        cur.as_dict().set(key, fresh);
-        slot = cur.as_dict().find(key);
-      }
-      cur = *slot;
-    } else {
-      if (!cur.is_list()) bad("uses index " + std::to_string(key.as_int()) + " on a dict");
-      if (key.as_int() < 0 || static_cast<uint64_t>(key.as_int()) >= max_index)
-        bad("has list index " + std::to_string(key.as_int()) + " (the checkpoint has " + std::to_string(max_index) +
-            " items)");
-      List& items = cur.as_list();
-      const auto k = static_cast<size_t>(key.as_int());
-      if (items.size() <= k) items.resize(k + 1);
-      if (last) {
-        if (!items[k].is_none()) bad("names an item twice");
-        items[k] = std::move(fresh);
-        return;
-      }
-      if (items[k].is_none()) items[k] = fresh;
-      cur = items[k];
-    }
-    if (!last && !(cur.is_dict() || cur.is_list())) bad("passes through a " + std::string(cur.kind_name()));
-  }
-}
+size_t DistributedReader::verify() const { return impl_->reader.verify(); }
 
-}  // namespace
-
-Value DistributedReader::consolidate() const {
-  Value root = Value::dict();
-  for (const dcp::Entry& e : impl_->md.entries) {
-    Value v = read_value(e.fqn);
-    try {
-      set_element(root, e.path.empty() ? std::vector<Value>{Value(e.fqn)} : e.path, std::move(v),
-                  impl_->md.entries.size(), e.fqn);
-    } catch (Error& err) {
-      err.add_context(ErrorContext{metadata_path(impl_->dir), e.fqn});
-      throw;
-    }
-  }
-  return root;
-}
-
-size_t DistributedReader::verify() const {
-  size_t records = 0;
-  LoadOptions inspect = impl_->options;
-  inspect.weights_only = false;  // values are decoded, never executed: inert objects are fine here
-  for (const dcp::Entry& e : impl_->md.entries) {
-    if (!e.is_tensor) {
-      impl_->verify_record(e, e.bytes);
-      (void)impl_->load_record(e, e.bytes, true, inspect);
-      ++records;
-      continue;
-    }
-    for (const dcp::Chunk& c : e.chunks) {
-      impl_->verify_record(e, c.storage);
-      (void)impl_->load_chunk(e, c);
-      ++records;
-    }
-  }
-  return records;
-}
-
-uint64_t DistributedReader::bytes_read() const noexcept {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  return impl_->bytes_read;
-}
+uint64_t DistributedReader::bytes_read() const noexcept { return impl_->reader.bytes_read(); }
 
 // ---------------------------------------------------------------- the state to save
 
@@ -878,7 +588,7 @@ void save_distributed(io::Env& env, const std::string& dir, const DistributedSta
   //    `.metadata` does not name, and tells every rank how it went.
   std::string status;
   if (rank == 0) {
-    RenameWatch watch(env, metadata_path(dir));
+    RenameWatch watch(env, dcp::metadata_path(dir));
     try {
       std::set<std::string> keep;
       for (size_t r = 0; r < world; ++r) {
@@ -893,7 +603,7 @@ void save_distributed(io::Env& env, const std::string& dir, const DistributedSta
         if (!in.done()) throw Error("distributed save: bad write results from rank " + std::to_string(r));
       }
       const std::string pickle = dcp::write_metadata(g.md, dir);
-      io::write_atomically(watch, metadata_path(dir), [&](io::WritableFile& f) { f.append(as_bytes(pickle)); },
+      io::write_atomically(watch, dcp::metadata_path(dir), [&](io::WritableFile& f) { f.append(as_bytes(pickle)); },
                            options.fsync);
       // Durable: the old checkpoint's files are no longer needed.
       remove_unreferenced(env, dir, keep, options.fsync);

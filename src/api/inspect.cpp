@@ -5,77 +5,13 @@
 #include <memory>
 #include <vector>
 
-#include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
+#include "formats/detect.hpp"
 #include "core/hex.hpp"
 #include "ckpt/sparse.hpp"
 
 namespace ckpt {
-
-namespace {
-constexpr size_t kMaxWalkVisits = size_t{20} << 20;  // 20M nodes: far above real checkpoints (~1M tensors)
-}  // namespace
-
-std::string path_component(const Value& key) {
-  if (key.is_string()) return key.as_string();
-  if (key.is_int() || key.is_bool()) return std::to_string(key.as_int());
-  return key.repr();
-}
-
-void for_each_tensor(const Value& root,
-                     const std::function<void(const std::string& path, const Tensor& tensor)>& fn) {
-  // Iterative: the trees ckpt's loaders build are acyclic and depth-limited,
-  // but a caller's tree may be deep.
-  struct Frame {
-    const Value* value;
-    std::string path;
-  };
-  std::vector<Frame> stack{{&root, ""}};
-  std::vector<Frame> children;
-  // Shared containers are walked once per path that reaches them; a pickle
-  // can make that number explode (a list holding one list twice, 40 deep:
-  // 2^40 paths), so the walk is bounded.
-  size_t visits = 0;
-  auto join = [](const std::string& base, const std::string& part) {
-    return base.empty() ? part : base + "/" + part;
-  };
-  while (!stack.empty()) {
-    Frame f = std::move(stack.back());
-    stack.pop_back();
-    if (++visits > kMaxWalkVisits)
-      throw LimitError("the object tree reaches shared containers through more than " +
-                       std::to_string(kMaxWalkVisits) + " paths; refusing to walk it");
-    const Value& v = *f.value;
-    children.clear();
-    switch (v.kind()) {
-      case Value::Kind::Tensor:
-        fn(f.path, v.as_tensor());
-        break;
-      case Value::Kind::Dict:
-        for (const auto& [k, val] : v.as_dict()) children.push_back({&val, join(f.path, path_component(k))});
-        break;
-      case Value::Kind::List:
-      case Value::Kind::Tuple: {
-        const List& items = v.items();
-        for (size_t i = 0; i < items.size(); ++i) children.push_back({&items[i], join(f.path, std::to_string(i))});
-        break;
-      }
-      case Value::Kind::Object:
-        if (auto sparse = as_sparse(v)) {  // its parts, named as torch's accessors (args: (layout, data))
-          const List& data = v.as_object().args.as_tuple()[1].as_tuple();
-          for (size_t i = 0; i < sparse->parts.size(); ++i)
-            children.push_back({&data[i], join(f.path, sparse->parts[i].first)});
-          break;
-        }
-        children.push_back({&v.as_object().state, f.path});
-        break;
-      default:
-        break;
-    }
-    for (auto it = children.rbegin(); it != children.rend(); ++it) stack.push_back(std::move(*it));
-  }
-}
 
 std::string tensor_sha256(const Tensor& t) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
@@ -134,7 +70,7 @@ std::string tensor_sha256(const Tensor& t) {
 std::vector<std::pair<std::string, std::string>> archive_records(const std::string& path) {
   constexpr uint64_t kMaxRecord = 256;  // these records are a few bytes
   std::vector<std::pair<std::string, std::string>> out;
-  zip::ZipReader z(detail::open_for_load(path, /*mmap=*/true));
+  zip::ZipReader z(formats::open_for_load(path, /*mmap=*/true));
   if (z.entries().empty()) return out;
   const std::string& first = z.entries().front().name;
   const std::string prefix = first.substr(0, first.find('/') + 1);

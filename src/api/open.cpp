@@ -6,11 +6,13 @@
 #include <filesystem>
 #include <unordered_map>
 
-#include "api/open_internal.hpp"
-#include "api/sharded_internal.hpp"
+#include "api/resolve.hpp"
 #include "ckpt/error.hpp"
-#include "ckpt/inspect.hpp"
+#include "ckpt/tree.hpp"
+#include "formats/dcp_reader.hpp"
+#include "formats/detect.hpp"
 #include "formats/safetensors.hpp"
+#include "formats/shard_index.hpp"
 #include "io/file.hpp"
 
 namespace fs = std::filesystem;
@@ -28,7 +30,7 @@ struct Reader::Impl {
   std::map<std::string, std::string> metadata;
   uint64_t nbytes = 0;
 
-  void add(const std::string& name, Tensor t, const std::string& file, const io::RandomAccessFile& f) {
+  void add(const std::string& name, Tensor t, const std::string& file, const io::RandomAccessFile* f) {
     TensorInfo info;
     info.name = name;
     info.dtype = t.dtype();
@@ -39,10 +41,10 @@ struct Reader::Impl {
     info.file = file;
     info.nbytes = t.nbytes();
     info.contiguous = t.is_contiguous();
-    const std::byte* base = f.memory();
+    const std::byte* base = f ? f->memory() : nullptr;
     const Storage& s = t.storage();
     if (base != nullptr && s.backing() == Storage::Backing::mapped && s.data() >= base &&
-        s.data() <= base + f.size()) {
+        s.data() <= base + f->size()) {
       info.file_offset = static_cast<int64_t>(s.data() - base) +
                          t.storage_offset() * static_cast<int64_t>(t.itemsize());
     }
@@ -65,7 +67,7 @@ LoadOptions mapped(const OpenOptions& options) {
 
 void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions& options) {
   auto file = io::map_file(path);
-  if (detail::detect_head(file) == Format::safetensors && options.key.empty()) {
+  if (formats::detect_head(file) == Format::safetensors && options.key.empty()) {
     // The flat tensors straight from the header, parsed once (a ckpt.tree
     // is not rebuilt: its tensors are already named by their paths).
     if (impl.format == Format::unknown) impl.format = Format::safetensors;
@@ -77,11 +79,11 @@ void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions&
     impl.infos.reserve(tensors.size());
     impl.tensors.reserve(tensors.size());
     impl.index.reserve(tensors.size());
-    for (auto& [name, t] : tensors) impl.add(name, std::move(t), path, *file);
+    for (auto& [name, t] : tensors) impl.add(name, std::move(t), path, file.get());
     return;
   }
   Format format = Format::unknown;
-  Value root = detail::load_file(file, mapped(options), &format, nullptr);
+  Value root = formats::load_any(file, mapped(options), &format, nullptr);
   if (impl.format == Format::unknown) impl.format = format;
   impl.files.push_back(path);
   if (format == Format::safetensors) {
@@ -89,11 +91,11 @@ void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions&
     for (auto& [k, v] : header.metadata) impl.metadata.emplace(k, v);
   }
   if (!options.key.empty()) root = lookup(root, options.key);
-  for_each_tensor(root, [&](const std::string& name, const Tensor& t) { impl.add(name, t, path, *file); });
+  for_each_tensor(root, [&](const std::string& name, const Tensor& t) { impl.add(name, t, path, file.get()); });
 }
 
 void open_index(Reader::Impl& impl, const std::string& index_path, const OpenOptions& options) {
-  detail::ShardIndex index = detail::read_shard_index(index_path);
+  formats::ShardIndex index = formats::read_shard_index(index_path);
   impl.sharded = true;
   impl.metadata = index.metadata;
   const fs::path dir = fs::path(index_path).parent_path();
@@ -104,7 +106,7 @@ void open_index(Reader::Impl& impl, const std::string& index_path, const OpenOpt
     const std::string shard_path = (dir / shard).string();
     auto file = io::map_file(shard_path);
     Format format = Format::unknown;
-    Value root = detail::load_file(file, mapped(options), &format, nullptr);
+    Value root = formats::load_any(file, mapped(options), &format, nullptr);
     if (impl.format == Format::unknown) impl.format = format;
     auto& named = shard_tensors[shard];
     for_each_tensor(root, [&](const std::string& name, const Tensor& t) {
@@ -121,7 +123,7 @@ void open_index(Reader::Impl& impl, const std::string& index_path, const OpenOpt
     if (it == named.end())
       throw FormatError("the index maps tensor " + name + " to " + shard + ", which does not hold it",
                         ErrorContext{index_path, name, std::nullopt});
-    impl.add(name, it->second, shard_path, *shard_files[shard]);
+    impl.add(name, it->second, shard_path, shard_files[shard].get());
     named.erase(it);
   }
   for (const auto& shard : index.shards) {
@@ -137,21 +139,36 @@ void open_index(Reader::Impl& impl, const std::string& index_path, const OpenOpt
   }
 }
 
+// A distributed checkpoint, consolidated: each tensor assembled from its
+// chunks (so copied, not mapped; records are views into mapped data files
+// only where a chunk is the whole tensor).
+void open_dcp(Reader::Impl& impl, const std::string& dir, const OpenOptions& options) {
+  impl.format = Format::dcp;
+  for (const io::DirEntry& e : io::list_dir(dir))
+    if (e.regular) impl.files.push_back((fs::path(dir) / e.name).string());
+  std::sort(impl.files.begin(), impl.files.end());
+  Value root = formats::dcp::Reader(dir, mapped(options), formats::dcp::read_metadata_bytes(dir)).consolidate();
+  if (!options.key.empty()) root = lookup(root, options.key);
+  for_each_tensor(root, [&](const std::string& name, const Tensor& t) { impl.add(name, t, dir, nullptr); });
+}
+
 }  // namespace
 
 Reader open(const std::string& path, const OpenOptions& options) {
   auto impl = std::make_shared<Reader::Impl>();
   impl->path = path;
   try {
-    std::error_code ec;
-    if (fs::is_directory(path, ec)) {
-      std::string found = detail::find_checkpoint_in_dir(path);
-      if (detail::is_shard_index(found)) open_index(*impl, found, options);
-      else open_single(*impl, found, options);
-    } else if (detail::is_shard_index(path)) {
-      open_index(*impl, path, options);
-    } else {
-      open_single(*impl, path, options);
+    const detail::Target target = detail::resolve(path);
+    switch (target.kind) {
+      case detail::Target::Kind::shard_index:
+        open_index(*impl, target.path, options);
+        break;
+      case detail::Target::Kind::dcp:
+        open_dcp(*impl, target.path, options);
+        break;
+      case detail::Target::Kind::file:
+        open_single(*impl, target.path, options);
+        break;
     }
   } catch (Error& e) {
     e.add_context(ErrorContext{path, "", std::nullopt});

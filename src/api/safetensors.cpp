@@ -1,7 +1,7 @@
 #include "ckpt/safetensors.hpp"
 
-#include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
+#include "formats/detect.hpp"
 #include "formats/safetensors.hpp"
 #include "formats/safetensors_tree.hpp"
 #include "api/save_internal.hpp"
@@ -20,7 +20,7 @@ std::vector<std::pair<std::string, std::string>> metadata_items(const std::map<s
 // "This is not a safetensors file" rather than a header error when the bytes
 // are clearly another format ckpt knows.
 void require_safetensors(const std::shared_ptr<io::RandomAccessFile>& file) {
-  Format f = detail::detect(file);
+  Format f = formats::detect(file);
   if (f != Format::safetensors && f != Format::unknown)
     throw FormatError("not a safetensors file: it is a " + std::string(format_name(f)) +
                           " checkpoint (use ckpt::load_state_dict)",
@@ -29,26 +29,11 @@ void require_safetensors(const std::shared_ptr<io::RandomAccessFile>& file) {
 
 }  // namespace
 
-namespace detail {
-
-void save_safetensors(io::Env& env, const std::string& path, const StateDict& state_dict,
-                      const std::map<std::string, std::string>& metadata) {
-  const auto meta = metadata_items(metadata);
-  try {
-    io::write_atomically(env, path, [&](io::WritableFile& out) {
-      formats::write_safetensors(out, state_dict.items(), meta);
-    });
-  } catch (Error& e) {
-    e.add_context(ErrorContext{path, "", std::nullopt});
-    throw;
-  }
-}
-
-}  // namespace detail
-
 void save_safetensors(const std::string& path, const StateDict& state_dict,
-                      const std::map<std::string, std::string>& metadata) {
-  detail::save_safetensors(io::Env::posix(), path, state_dict, metadata);
+                      const std::map<std::string, std::string>& metadata, const SaveOptions& options) {
+  const auto meta = metadata_items(metadata);
+  detail::write_file(io::default_env(), path, options,
+                     [&](io::WritableFile& out) { formats::write_safetensors(out, state_dict.items(), meta); });
 }
 
 std::string save_safetensors_to_buffer(const StateDict& state_dict,
@@ -62,7 +47,7 @@ std::string save_safetensors_to_buffer(const StateDict& state_dict,
 
 StateDict load_safetensors(const std::string& path, const LoadOptions& options) {
   const bool mmap = options.mmap;
-  auto file = detail::open_for_load(path, mmap);
+  auto file = formats::open_for_load(path, mmap);
   require_safetensors(file);
   StateDict sd;
   for (auto& [name, t] : formats::read_safetensors(*file, mmap)) sd.set(std::move(name), std::move(t));
@@ -89,28 +74,19 @@ std::vector<std::pair<std::string, std::string>> tree_metadata(const formats::Tr
 
 }  // namespace
 
-namespace detail {
-
-size_t save_safetensors_checkpoint(io::Env& env, const std::string& path, const Value& checkpoint,
-                                   const std::map<std::string, std::string>& metadata) {
+size_t save_safetensors_checkpoint(const std::string& path, const Value& checkpoint,
+                                   const std::map<std::string, std::string>& metadata, const SaveOptions& options) {
+  formats::TreeEncoding enc;
   try {
-    formats::TreeEncoding enc = formats::encode_tree(checkpoint);
-    const auto meta = tree_metadata(enc, metadata);
-    io::write_atomically(env, path, [&](io::WritableFile& out) {
-      formats::write_safetensors(out, enc.tensors, meta);
-    });
-    return enc.aliases;
+    enc = formats::encode_tree(checkpoint);
   } catch (Error& e) {
     e.add_context(ErrorContext{path, "", std::nullopt});
     throw;
   }
-}
-
-}  // namespace detail
-
-size_t save_safetensors_checkpoint(const std::string& path, const Value& checkpoint,
-                                   const std::map<std::string, std::string>& metadata) {
-  return detail::save_safetensors_checkpoint(io::Env::posix(), path, checkpoint, metadata);
+  const auto meta = tree_metadata(enc, metadata);
+  detail::write_file(io::default_env(), path, options,
+                     [&](io::WritableFile& out) { formats::write_safetensors(out, enc.tensors, meta); });
+  return enc.aliases;
 }
 
 std::string save_safetensors_checkpoint_to_buffer(const Value& checkpoint,

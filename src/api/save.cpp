@@ -8,24 +8,32 @@ namespace ckpt {
 
 namespace detail {
 
-void save(io::Env& env, const std::string& path, const Value& value, const SaveOptions& options,
-          uint64_t zip64_threshold) {
-  const std::string prefix = options.archive_name.empty() ? formats::archive_name_for(path) : options.archive_name;
+void write_file(io::Env& env, const std::string& path, const SaveOptions& options,
+                const std::function<void(io::WritableFile&)>& body) {
   try {
-    io::write_atomically(
-        env, path,
-        [&](io::WritableFile& f) { formats::write_torch_zip(f, value, prefix, options, zip64_threshold); },
-        options.fsync);
+    if (options.progress) {
+      auto counted = io::progress_env(env, options.progress);
+      io::write_atomically(*counted, path, body, options.fsync);
+    } else {
+      io::write_atomically(env, path, body, options.fsync);
+    }
   } catch (Error& e) {
     e.add_context(ErrorContext{path});
     throw;
   }
 }
 
+void save(io::Env& env, const std::string& path, const Value& value, const SaveOptions& options,
+          uint64_t zip64_threshold) {
+  const std::string prefix = options.archive_name.empty() ? formats::archive_name_for(path) : options.archive_name;
+  write_file(env, path, options,
+             [&](io::WritableFile& f) { formats::write_torch_zip(f, value, prefix, options, zip64_threshold); });
+}
+
 }  // namespace detail
 
 void save(const std::string& path, const Value& value, const SaveOptions& options) {
-  detail::save(io::Env::posix(), path, value, options);
+  detail::save(io::default_env(), path, value, options);
 }
 
 void save_state_dict(const std::string& path, const StateDict& state_dict, const SaveOptions& options) {

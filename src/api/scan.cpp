@@ -12,7 +12,7 @@
 #include <map>
 #include <set>
 
-#include "api/open_internal.hpp"
+#include "formats/detect.hpp"
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
 #include "formats/onnx.hpp"
@@ -462,8 +462,8 @@ class Scanner {
       throw FormatError("file is empty; not a checkpoint", ErrorContext{file_->name()});
     }
     // The same decision load, open and ls take, in torch.load's order (see
-    // detail::detect_head and docs/security.md).
-    Format f = detail::detect_head(file_);
+    // formats::detect_head and docs/security.md).
+    Format f = formats::detect_head(file_);
     if (f == Format::torch_zip) return scan_zip();
     report_.format = f;
     LoadOptions lo;

@@ -1,12 +1,12 @@
 #include "ckpt/verify.hpp"
 
-#include <filesystem>
 #include <optional>
 
-#include "api/open_internal.hpp"
-#include "ckpt/distributed.hpp"
+#include "api/resolve.hpp"
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
+#include "formats/dcp_reader.hpp"
+#include "formats/detect.hpp"
 #include "formats/torch_zip.hpp"
 
 namespace ckpt {
@@ -25,25 +25,23 @@ void damaged(VerifyReport& out, const Error& e) {
 VerifyReport verify(const std::string& path) {
   VerifyReport out;
   // A directory with a `.metadata` is a DCP even when that file is too damaged to say so.
-  std::error_code ec;
-  std::string dir = std::filesystem::is_regular_file(std::filesystem::path(path) / ".metadata", ec)
-                        ? path
-                        : detail::distributed_checkpoint_dir(path);
+  const bool has_metadata = io::status(formats::dcp::metadata_path(path)).regular();
+  const std::string dir = has_metadata ? path : detail::dcp_dir(path);
   if (!dir.empty()) {
     out.format = Format::dcp;
     try {
-      DistributedReader r(dir);
+      formats::dcp::Reader r(dir, LoadOptions{}, formats::dcp::read_metadata_bytes(dir));
       out.records = r.verify();
-      out.items = r.items().size();
+      out.items = r.metadata().entries.size();
       out.ok = true;
     } catch (const Error& e) {
       damaged(out, e);
     }
     return out;
   }
-  auto file = detail::open_for_load(path, /*mmap=*/true);
+  auto file = formats::open_for_load(path, /*mmap=*/true);
   try {
-    out.format = detail::detect(file);
+    out.format = formats::detect(file);
     if (out.format == Format::torch_zip || out.format == Format::torchscript) {
       zip::ZipReader z(file);
       formats::verify_torch_zip(z);
@@ -52,7 +50,7 @@ VerifyReport verify(const std::string& path) {
       LoadOptions opts;
       opts.weights_only = false;
       opts.mmap = true;
-      (void)detail::load_file(file, opts, nullptr, nullptr);
+      (void)formats::load_any(file, opts, nullptr, nullptr);
     }
     out.ok = true;
   } catch (Error& e) {

@@ -11,7 +11,7 @@
 #include <unordered_set>
 
 #include "ckpt/error.hpp"
-#include "ckpt/inspect.hpp"
+#include "ckpt/tree.hpp"
 #include "ckpt/sparse.hpp"
 
 namespace ckpt::formats {

@@ -123,6 +123,31 @@ class MemoryFile final : public RandomAccessFile {
   std::string name_;
 };
 
+class SliceFile final : public RandomAccessFile {
+ public:
+  SliceFile(std::shared_ptr<RandomAccessFile> parent, uint64_t offset, uint64_t length, std::string name)
+      : parent_(std::move(parent)), offset_(offset), length_(length), name_(std::move(name)) {}
+  const std::string& name() const override { return name_; }
+  uint64_t size() const override { return length_; }
+  void read_at(uint64_t offset, std::span<std::byte> dst) const override {
+    if (offset > length_ || dst.size() > length_ - offset)
+      throw FormatError("read of " + std::to_string(dst.size()) + " bytes at " + std::to_string(offset) +
+                            " passes the end of the " + std::to_string(length_) + "-byte record",
+                        ErrorContext{name_, "", offset});
+    parent_->read_at(offset_ + offset, dst);
+  }
+  const std::byte* memory() const override {
+    const std::byte* m = parent_->memory();
+    return m ? m + offset_ : nullptr;
+  }
+  std::shared_ptr<const void> keepalive() const override { return parent_->keepalive(); }
+
+ private:
+  std::shared_ptr<RandomAccessFile> parent_;
+  uint64_t offset_, length_;
+  std::string name_;
+};
+
 class PosixWritableFile final : public WritableFile {
  public:
   PosixWritableFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
@@ -243,6 +268,21 @@ std::shared_ptr<RandomAccessFile> Env::open_for_read(const std::string& path, Re
   return std::make_shared<PosixRandomAccessFile>(path);
 }
 
+FileStatus Env::status(const std::string& path) {
+  FileStatus out;
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(st)) return out;
+  if (std::filesystem::is_regular_file(st)) {
+    out.size = std::filesystem::file_size(path, ec);
+    out.type = ec ? FileStatus::Type::missing : FileStatus::Type::regular;  // vanished meanwhile
+    if (ec) out.size = 0;
+  } else {
+    out.type = std::filesystem::is_directory(st) ? FileStatus::Type::directory : FileStatus::Type::other;
+  }
+  return out;
+}
+
 std::vector<DirEntry> Env::list_dir(const std::string& dir) {
   std::vector<DirEntry> out;
   std::error_code ec;
@@ -296,6 +336,23 @@ ScopedDefaultEnv::~ScopedDefaultEnv() { g_default_env.store(previous_, std::memo
 
 std::vector<DirEntry> list_dir(const std::string& dir) { return default_env().list_dir(dir); }
 
+FileStatus status(const std::string& path) { return default_env().status(path); }
+
+std::string read_small_file(const std::string& path, uint64_t limit) {
+  auto file = open_file(path);
+  if (file->size() > limit)
+    throw LimitError("the file is " + std::to_string(file->size()) + " bytes; the limit is " + std::to_string(limit),
+                     ErrorContext{path, "", std::nullopt});
+  std::string text(static_cast<size_t>(file->size()), '\0');
+  file->read_at(0, std::as_writable_bytes(std::span<char>(text)));
+  return text;
+}
+
+std::shared_ptr<RandomAccessFile> slice_file(std::shared_ptr<RandomAccessFile> parent, uint64_t offset,
+                                             uint64_t length, std::string name) {
+  return std::make_shared<SliceFile>(std::move(parent), offset, length, std::move(name));
+}
+
 std::shared_ptr<RandomAccessFile> open_file(const std::string& path) {
   return default_env().open_for_read(path, ReadMode::random);
 }
@@ -316,6 +373,54 @@ std::shared_ptr<RandomAccessFile> memory_file(std::span<const std::byte> bytes,
 Env& Env::posix() {
   static PosixEnv env;
   return env;
+}
+
+namespace {
+
+class ProgressEnv final : public Env {
+ public:
+  ProgressEnv(Env& base, std::function<void(uint64_t)> on_write) : base_(base), on_write_(std::move(on_write)) {}
+  std::shared_ptr<RandomAccessFile> open_for_read(const std::string& path, ReadMode mode) override {
+    return base_.open_for_read(path, mode);
+  }
+  FileStatus status(const std::string& path) override { return base_.status(path); }
+  std::vector<DirEntry> list_dir(const std::string& dir) override { return base_.list_dir(dir); }
+  std::unique_ptr<FileLock> try_lock(const std::string& path, std::string& holder) override {
+    return base_.try_lock(path, holder);
+  }
+  std::unique_ptr<WritableFile> new_writable_file(const std::string& path) override {
+    return std::make_unique<File>(base_.new_writable_file(path), on_write_);
+  }
+  void rename_file(const std::string& from, const std::string& to) override { base_.rename_file(from, to); }
+  void remove_file(const std::string& path) override { base_.remove_file(path); }
+  void sync_dir(const std::string& dir) override { base_.sync_dir(dir); }
+  bool file_exists(const std::string& path) override { return base_.file_exists(path); }
+
+ private:
+  class File final : public WritableFile {
+   public:
+    File(std::unique_ptr<WritableFile> f, const std::function<void(uint64_t)>& on_write)
+        : f_(std::move(f)), on_write_(on_write) {}
+    void append(std::span<const std::byte> data) override {
+      f_->append(data);
+      on_write_(data.size());
+    }
+    void sync() override { f_->sync(); }
+    void close() override { f_->close(); }
+    uint64_t size() const override { return f_->size(); }
+
+   private:
+    std::unique_ptr<WritableFile> f_;
+    const std::function<void(uint64_t)>& on_write_;
+  };
+  Env& base_;
+  std::function<void(uint64_t)> on_write_;
+};
+
+}  // namespace
+
+std::unique_ptr<Env> progress_env(Env& base, std::function<void(uint64_t bytes)> on_write) {
+  return std::make_unique<ProgressEnv>(base, std::move(on_write));
 }
 
 std::unique_ptr<WritableFile> string_writer(std::string& out) {

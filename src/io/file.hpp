@@ -59,6 +59,15 @@ std::shared_ptr<RandomAccessFile> map_file(const std::string& path);
 std::shared_ptr<RandomAccessFile> memory_file(std::span<const std::byte> bytes,
                                               std::shared_ptr<const void> keepalive = nullptr,
                                               std::string name = "<memory>");
+// Bytes [offset, offset + length) of `parent` as a file of their own, named
+// `name` (a record inside a container file). The caller has checked that the
+// range lies inside `parent`; a read past the slice's end throws FormatError
+// naming `name` and the offset. memory() views the parent's memory.
+std::shared_ptr<RandomAccessFile> slice_file(std::shared_ptr<RandomAccessFile> parent, uint64_t offset,
+                                             uint64_t length, std::string name);
+// The whole of a small file (an index, a manifest, a `.metadata`): throws
+// LimitError naming `path` when it holds more than `limit` bytes.
+std::string read_small_file(const std::string& path, uint64_t limit);
 
 class WritableFile {
  public:
@@ -74,6 +83,15 @@ enum class ReadMode {
   random,  // pread; no hints
   whole,   // pread, read whole front to back (see open_file_to_read_whole)
   mmap,    // read-only private mapping (memory() is non-null)
+};
+
+// What a path names (Env::status), following symbolic links.
+struct FileStatus {
+  enum class Type { missing, regular, directory, other };
+  Type type = Type::missing;  // missing also when it cannot be examined (EACCES on a parent...)
+  uint64_t size = 0;          // regular files
+  bool regular() const noexcept { return type == Type::regular; }
+  bool directory() const noexcept { return type == Type::directory; }
 };
 
 // One directory entry (Env::list_dir): its name, whether it is a regular
@@ -97,6 +115,8 @@ class Env {
   virtual ~Env() = default;
   // Opens `path` for reading. Throws IoError naming the path (ENOENT, EISDIR...).
   virtual std::shared_ptr<RandomAccessFile> open_for_read(const std::string& path, ReadMode mode);
+  // What `path` names; never throws (an error reads as missing).
+  virtual FileStatus status(const std::string& path);
   // The entries of `dir` (without "." and ".."), in no particular order.
   // Throws IoError naming `dir` when it cannot be listed.
   virtual std::vector<DirEntry> list_dir(const std::string& dir);
@@ -132,8 +152,9 @@ class ScopedDefaultEnv {
   Env* previous_;
 };
 
-// default_env().list_dir(dir).
+// default_env().list_dir(dir), default_env().status(path).
 std::vector<DirEntry> list_dir(const std::string& dir);
+FileStatus status(const std::string& path);
 
 // Writes `path` atomically: `body` writes a temporary file in the same
 // directory, which is then fsynced, closed, renamed over `path`, and the
@@ -143,6 +164,11 @@ std::vector<DirEntry> list_dir(const std::string& dir);
 // `sync` = false skips the fsyncs (scratch files only).
 void write_atomically(Env& env, const std::string& path,
                       const std::function<void(WritableFile&)>& body, bool sync = true);
+
+// An Env that forwards every call to `base` and, for each append to a file
+// it created, calls `on_write` with the bytes appended (progress reporting).
+// `base` must outlive it.
+std::unique_ptr<Env> progress_env(Env& base, std::function<void(uint64_t bytes)> on_write);
 
 // A WritableFile that appends into a std::string (saving to memory).
 std::unique_ptr<WritableFile> string_writer(std::string& out);

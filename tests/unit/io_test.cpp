@@ -2,6 +2,7 @@
 // the number of pieces; errors of any piece reach the caller.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <vector>
 
@@ -56,3 +57,48 @@ TEST(ReadAtParallel, ReadPastTheEndIsAnErrorFromAnyPiece) {
 }
 
 }  // namespace
+
+// io::status, io::slice_file, io::read_small_file: the small pieces the
+// loaders share.
+TEST(IoHelpers, StatusNamesFilesDirectoriesAndWhatIsMissing) {
+  ckpt::testing::TempDir dir;
+  const std::string f = dir.path() + "/f.bin";
+  ckpt::testing::write_file(f, "12345");
+  EXPECT_TRUE(io::status(f).regular());
+  EXPECT_EQ(io::status(f).size, 5u);
+  EXPECT_TRUE(io::status(dir.path()).directory());
+  EXPECT_EQ(io::status(dir.path() + "/nope").type, io::FileStatus::Type::missing);
+  EXPECT_EQ(io::status(f + "/below-a-file").type, io::FileStatus::Type::missing);
+}
+
+TEST(IoHelpers, SliceReadsItsRangeAndNamesItselfPastTheEnd) {
+  const auto data = pattern(1000);
+  auto parent = io::memory_file(data);
+  auto slice = io::slice_file(parent, 100, 50, "rec");
+  EXPECT_EQ(slice->size(), 50u);
+  EXPECT_EQ(slice->memory(), parent->memory() + 100);
+  std::vector<std::byte> got(50);
+  slice->read_at(0, got);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin() + 100));
+  try {
+    slice->read_at(40, got);  // 40 + 50 > 50
+    FAIL() << "read past the slice";
+  } catch (const FormatError& e) {
+    EXPECT_EQ(e.context().file, "rec");
+    EXPECT_NE(std::string(e.what()).find("50-byte record"), std::string::npos) << e.what();
+  }
+}
+
+TEST(IoHelpers, ReadSmallFileRefusesWhatIsOverItsLimit) {
+  ckpt::testing::TempDir dir;
+  const std::string f = dir.path() + "/index.json";
+  ckpt::testing::write_file(f, std::string(100, 'x'));
+  EXPECT_EQ(io::read_small_file(f, 100), std::string(100, 'x'));
+  try {
+    io::read_small_file(f, 99);
+    FAIL() << "over the limit";
+  } catch (const LimitError& e) {
+    EXPECT_EQ(e.context().file, f);
+  }
+  EXPECT_THROW(io::read_small_file(dir.path() + "/missing", 10), IoError);
+}

@@ -514,3 +514,74 @@ TEST(Verify, ReportsDamageAndThrowsOnWhatIsNoCheckpoint) {
   EXPECT_GT(r.items, 0u);
   EXPECT_GT(r.records, 0u);
 }
+
+// One resolve() under every entry point: open() takes what load() takes,
+// a torch.distributed.checkpoint directory (or its .metadata) included.
+TEST(Open, ADistributedCheckpointOpensConsolidatedLikeLoad) {
+  const std::string dcp = std::string(CKPT_TEST_DATA_DIR) + "/dcp/torch2_w2";
+  const Value loaded = load(dcp);
+  for (const std::string& path : {dcp, dcp + "/.metadata"}) {
+    Reader r = open(path);
+    EXPECT_EQ(r.format(), Format::dcp);
+    EXPECT_FALSE(r.files().empty());
+    size_t n = 0;
+    for_each_tensor(loaded, [&](const std::string& name, const Tensor& t) {
+      ++n;
+      ASSERT_TRUE(r.contains(name)) << name;
+      EXPECT_EQ(r.info(name).file, dcp);
+      EXPECT_EQ(r.info(name).file_offset, -1) << "assembled tensors have no place in one file";
+      EXPECT_EQ(bytes_of(r.get(name)), bytes_of(t)) << name;
+    });
+    EXPECT_EQ(r.size(), n);
+    EXPECT_GT(n, 0u);
+  }
+}
+
+// SaveOptions::progress (and ShardOptions::progress): called on every write,
+// the calls add up to the bytes of every file written.
+TEST(SaveProgress, CallsAddUpToTheFilesWritten) {
+  TempDir dir;
+  const StateDict sd = sample_state_dict(6, 1000);
+  uint64_t written = 0;
+  size_t calls = 0;
+  SaveOptions options;
+  options.progress = [&](uint64_t n) {
+    written += n;
+    ++calls;
+  };
+  const auto size_of = [](const std::string& p) { return std::filesystem::file_size(p); };
+
+  const std::string pt = dir.path() + "/m.pt";
+  save(pt, sd.to_value(), options);
+  EXPECT_EQ(written, size_of(pt));
+  EXPECT_GT(calls, 0u);
+
+  written = 0;
+  const std::string st = dir.path() + "/m.safetensors";
+  save_safetensors(st, sd, {{"format", "pt"}}, options);
+  EXPECT_EQ(written, size_of(st));
+  EXPECT_EQ(load_safetensors(st).size(), sd.size());
+
+  written = 0;
+  const std::string tree = dir.path() + "/ckpt.safetensors";
+  save_safetensors_checkpoint(tree, Value(sd.to_value()), {{"format", "pt"}}, options);
+  EXPECT_EQ(written, size_of(tree));
+
+  written = 0;
+  ShardOptions so;
+  so.max_shard_size = 9000;
+  so.progress = options.progress;
+  ShardedFiles files = save_sharded(dir.path() + "/shards", sd, so);
+  ASSERT_GT(files.files.size(), 1u);
+  uint64_t on_disk = size_of(files.index);
+  for (const auto& f : files.files) on_disk += size_of(f);
+  EXPECT_EQ(written, on_disk);
+
+  // A callback that throws aborts the save and leaves the previous file.
+  const std::string before = slurp(pt);
+  SaveOptions failing;
+  failing.progress = [](uint64_t) { throw IoError("stop", 0); };
+  EXPECT_THROW(save(pt, sample_state_dict(2, 10).to_value(), failing), IoError);
+  EXPECT_EQ(slurp(pt), before);
+  EXPECT_EQ(load_state_dict(pt).size(), sd.size());
+}

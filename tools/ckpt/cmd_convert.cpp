@@ -7,9 +7,6 @@
 #include <optional>
 #include <regex>
 
-#include "api/open_internal.hpp"
-#include "api/save_internal.hpp"
-#include "io/file.hpp"
 #include "progress.hpp"
 #include "ckpt/distributed.hpp"
 #include "ckpt/error.hpp"
@@ -55,38 +52,6 @@ std::regex compile(const std::string& pattern, const char* option) {
     throw Error(std::string(option) + ": not a valid regular expression: '" + pattern + "' (" + e.what() + ")");
   }
 }
-
-// The POSIX file system, counting every byte written into a progress bar.
-class ProgressEnv : public io::Env {
- public:
-  explicit ProgressEnv(Progress& bar) : bar_(bar) {}
-  std::unique_ptr<io::WritableFile> new_writable_file(const std::string& path) override {
-    return std::make_unique<File>(base_.new_writable_file(path), bar_);
-  }
-  void rename_file(const std::string& from, const std::string& to) override { base_.rename_file(from, to); }
-  void remove_file(const std::string& path) override { base_.remove_file(path); }
-  void sync_dir(const std::string& dir) override { base_.sync_dir(dir); }
-  bool file_exists(const std::string& path) override { return base_.file_exists(path); }
-
- private:
-  class File : public io::WritableFile {
-   public:
-    File(std::unique_ptr<io::WritableFile> f, Progress& bar) : f_(std::move(f)), bar_(bar) {}
-    void append(std::span<const std::byte> data) override {
-      f_->append(data);
-      bar_.advance(data.size());
-    }
-    void sync() override { f_->sync(); }
-    void close() override { f_->close(); }
-    uint64_t size() const override { return f_->size(); }
-
-   private:
-    std::unique_ptr<io::WritableFile> f_;
-    Progress& bar_;
-  };
-  io::Env& base_ = io::Env::posix();
-  Progress& bar_;
-};
 
 // The state dict as the same kind of container the input had (dict or
 // OrderedDict, with its _metadata when it had one), so an unchanged state
@@ -260,7 +225,8 @@ int run_convert(const ConvertArgs& a) {
       if (k != "ckpt.tree") metadata[k] = v;
 
   Progress bar("convert", flat ? sd.nbytes() : tensor_bytes(root), Progress::Unit::bytes);
-  ProgressEnv env(bar);
+  SaveOptions save_options;
+  save_options.progress = [&bar](uint64_t n) { bar.advance(n); };
   std::string what;
   if (to == "dcp") {
     // A torch.distributed.checkpoint directory, as one rank saves it.
@@ -276,22 +242,23 @@ int run_convert(const ConvertArgs& a) {
         std::fprintf(stderr, kept.empty() ? "ckpt: note: '%s' overlaps another tensor's memory: stored as a copy\n"
                                           : "ckpt: note: '%s' is the same tensor as '%s': stored once, as '%s'\n",
                      alias.c_str(), kept.c_str(), kept.c_str());
-    ShardedFiles files = detail::save_sharded(env, a.out, sd, so);
+    so.progress = save_options.progress;
+    ShardedFiles files = save_sharded(a.out, sd, so);
     what = std::to_string(files.files.size()) + " shard(s)" + (files.index.empty() ? "" : " + " + files.index);
   } else if (to == "torch") {
-    detail::save(env, a.out, flat ? like(root, sd) : root, SaveOptions{});
+    save(a.out, flat ? like(root, sd) : root, save_options);
     what = a.out;
   } else if (flat) {
     for (const auto& [alias, kept] : remove_shared_tensors(sd))
       std::fprintf(stderr, kept.empty() ? "ckpt: note: '%s' overlaps another tensor's memory: stored as a copy\n"
                                         : "ckpt: note: '%s' is the same tensor as '%s': stored once, as '%s'\n",
                    alias.c_str(), kept.c_str(), kept.c_str());
-    detail::save_safetensors(env, a.out, sd, metadata);
+    save_safetensors(a.out, sd, metadata, save_options);
     what = a.out;
   } else {
     // A training checkpoint: tensors by path, the tree as JSON metadata.
     if (dtype) throw Error("--dtype works on a state dict; select one with --key");
-    size_t aliases = detail::save_safetensors_checkpoint(env, a.out, root, metadata);
+    size_t aliases = save_safetensors_checkpoint(a.out, root, metadata, save_options);
     if (aliases > 0)
       std::fprintf(stderr, "ckpt: note: %zu tensor reference(s) share another's data: stored once\n", aliases);
     what = a.out + " (checkpoint tree in __metadata__[\"ckpt.tree\"])";

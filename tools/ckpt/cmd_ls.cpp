@@ -4,7 +4,6 @@
 #include <regex>
 #include <nlohmann/json.hpp>
 
-#include "api/open_internal.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
 #include "commands.hpp"

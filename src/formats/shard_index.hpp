@@ -1,4 +1,6 @@
-// Private: reading Hugging Face shard indexes.
+// Private: Hugging Face shard indexes (`model.safetensors.index.json`,
+// `pytorch_model.bin.index.json`): a JSON object whose "weight_map" maps each
+// tensor name to the shard file holding it, with optional "metadata".
 #pragma once
 
 #include <map>
@@ -6,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-namespace ckpt::detail {
+namespace ckpt::formats {
 
 struct ShardIndex {
   std::vector<std::pair<std::string, std::string>> weight_map;  // tensor -> shard file, in file order
@@ -20,9 +22,5 @@ bool is_shard_index(const std::string& path);
 // Parses and validates an index: shard names must be plain file names (no
 // directories, no "..": a hostile index must not reach outside its folder).
 ShardIndex read_shard_index(const std::string& path);
-// In a directory: the single *.index.json, else the single checkpoint file
-// (model.safetensors, pytorch_model.bin, *.safetensors, *.pt, *.pth, *.bin,
-// *.ckpt). Throws ckpt::IoError naming what was found when ambiguous or empty.
-std::string find_checkpoint_in_dir(const std::string& dir);
 
-}  // namespace ckpt::detail
+}  // namespace ckpt::formats
