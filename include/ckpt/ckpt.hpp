@@ -1,6 +1,7 @@
 // ckpt/ckpt.hpp — everything in one include.
 #pragma once
 
+#include "ckpt/checksum.hpp"
 #include "ckpt/distributed.hpp"
 #include "ckpt/dtype.hpp"
 #include "ckpt/error.hpp"
@@ -17,6 +18,7 @@
 #include "ckpt/state_dict.hpp"
 #include "ckpt/storage.hpp"
 #include "ckpt/tensor.hpp"
+#include "ckpt/tree.hpp"
 #include "ckpt/value.hpp"
 #include "ckpt/verify.hpp"
 #include "ckpt/version.hpp"

@@ -23,6 +23,12 @@ void write_file(io::Env& env, const std::string& path, const SaveOptions& option
   }
 }
 
+void write_torch_save(io::WritableFile& out, const std::string& path, const Value& value,
+                      const SaveOptions& options) {
+  const std::string prefix = options.archive_name.empty() ? formats::archive_name_for(path) : options.archive_name;
+  formats::write_torch_zip(out, value, prefix, options);
+}
+
 void save(io::Env& env, const std::string& path, const Value& value, const SaveOptions& options,
           uint64_t zip64_threshold) {
   const std::string prefix = options.archive_name.empty() ? formats::archive_name_for(path) : options.archive_name;

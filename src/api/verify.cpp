@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "api/resolve.hpp"
+#include "api/save_internal.hpp"
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
 #include "formats/dcp_reader.hpp"
@@ -21,6 +22,11 @@ void damaged(VerifyReport& out, const Error& e) {
 }
 
 }  // namespace
+
+void detail::verify_torch_archive(const std::shared_ptr<io::RandomAccessFile>& file) {
+  zip::ZipReader z(file);
+  formats::verify_torch_zip(z);
+}
 
 VerifyReport verify(const std::string& path) {
   VerifyReport out;

@@ -22,13 +22,14 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ckpt/checksum.hpp"
 #include "ckpt/storage.hpp"
 #include "io/file.hpp"
 
 namespace ckpt::zip {
 
-// CRC-32 (IEEE, as zip and gzip use), continuing from `crc` (0 to start).
-uint32_t crc32(std::span<const std::byte> data, uint32_t crc = 0) noexcept;
+// CRC-32 (IEEE, as zip and gzip use): ckpt/checksum.hpp.
+using ckpt::crc32;
 
 // Does this look like a zip file (local header signature at offset 0)?
 bool looks_like_zip(std::span<const std::byte> first_bytes) noexcept;

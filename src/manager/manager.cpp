@@ -1,7 +1,7 @@
 // CheckpointManager: see include/ckpt/manager.hpp and docs/manager.md.
 //
 // A save is all or nothing. Its steps, in order:
-//   1. stream the state as a torch zip archive (formats::write_torch_zip,
+//   1. stream the state as a torch zip archive (detail::write_torch_save,
 //      the writer behind ckpt::save) into a temporary file in the directory,
 //      taking the size and CRC-32 of the bytes on the way;
 //   2. fsync the temporary;
@@ -34,13 +34,12 @@
 #include <thread>
 #include <utility>
 
+#include "api/save_internal.hpp"
+#include "ckpt/checksum.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/manager.hpp"
 #include "ckpt/save.hpp"  // SaveOptions
 #include "core/hex.hpp"
-#include "container/zip.hpp"
-#include "formats/torch_zip.hpp"
-#include "formats/torch_zip_writer.hpp"
 #include "io/file.hpp"
 #include "manager/filename_template.hpp"
 #include "manager/manager_internal.hpp"
@@ -86,7 +85,7 @@ std::pair<uint64_t, uint32_t> checksum_file(io::Env& env, const std::string& pat
   for (uint64_t off = 0; off < f->size();) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), f->size() - off));
     f->read_at(off, std::span<std::byte>(buf.data(), n));
-    crc = zip::crc32(std::span<const std::byte>(buf.data(), n), crc);
+    crc = ckpt::crc32(std::span<const std::byte>(buf.data(), n), crc);
     off += n;
     if (progress) progress(n);
   }
@@ -118,7 +117,7 @@ class ChecksummingFile final : public io::WritableFile {
   explicit ChecksummingFile(io::WritableFile& inner) : inner_(inner) {}
   void append(std::span<const std::byte> data) override {
     inner_.append(data);
-    crc_ = zip::crc32(data, crc_);
+    crc_ = ckpt::crc32(data, crc_);
     size_ += data.size();
   }
   void sync() override { inner_.sync(); }
@@ -362,8 +361,7 @@ void CheckpointManager::Impl::load_state(bool write) {
     e.pinned = opts.keep_every > 0 && e.step % opts.keep_every == 0;
     try {
       const std::string path = join(dir, name);
-      zip::ZipReader zr(env.open_for_read(path, io::ReadMode::random));
-      formats::verify_torch_zip(zr);
+      detail::verify_torch_archive(env.open_for_read(path, io::ReadMode::random));
       std::tie(e.size, e.crc32) = checksum_file(env, path);
     } catch (const std::exception& x) {
       log("not adopting '" + name + "': it is not a complete checkpoint (" + x.what() + ")");
@@ -465,15 +463,13 @@ void CheckpointManager::Impl::commit(int64_t step, const Value& state, const Met
   e.path = join(dir, e.file);
   e.pinned = opts.keep_every > 0 && step % opts.keep_every == 0;
 
-  SaveOptions save_options;
-  save_options.archive_name = formats::archive_name_for(e.file);
 
   std::vector<CheckpointInfo> after;
   bool manifest_written = false, pointer_started = false;
   try {
     io::write_atomically(env, e.path, [&](io::WritableFile& f) {
       ChecksummingFile out(f);
-      formats::write_torch_zip(out, state, save_options.archive_name, save_options);
+      detail::write_torch_save(out, e.file, state, SaveOptions{});
       e.size = out.size();
       e.crc32 = out.crc32();
       f.sync();  // the data is durable before the manifest names it

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "ckpt/checksum.hpp"
 #include "ckpt/error.hpp"
 #include "io/file.hpp"
 #include "test_util.hpp"
@@ -101,4 +102,12 @@ TEST(IoHelpers, ReadSmallFileRefusesWhatIsOverItsLimit) {
     EXPECT_EQ(e.context().file, f);
   }
   EXPECT_THROW(io::read_small_file(dir.path() + "/missing", 10), IoError);
+}
+
+TEST(Checksum, Crc32IsZlibsAndContinuesAcrossPieces) {
+  const std::string s = "123456789";
+  const auto bytes = std::as_bytes(std::span<const char>(s));
+  EXPECT_EQ(crc32(bytes), 0xCBF43926u);  // the CRC-32/ISO-HDLC check value
+  EXPECT_EQ(crc32(bytes.subspan(4), crc32(bytes.first(4))), 0xCBF43926u);
+  EXPECT_EQ(crc32({}), 0u);
 }

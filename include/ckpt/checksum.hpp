@@ -1,0 +1,21 @@
+// ckpt/checksum.hpp — the CRC-32 that zip archives (torch.save files) and the
+// checkpoint manager's manifest record.
+//
+//   uint32_t crc = ckpt::crc32(bytes);            // a whole buffer
+//   crc = ckpt::crc32(more, crc);                 // continued over the next piece
+//
+// CRC-32/ISO-HDLC (IEEE 802.3, reflected, as zlib's crc32() and Python's
+// zlib.crc32 compute it), hardware-accelerated where the CPU allows.
+// Thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace ckpt {
+
+// The CRC-32 of `data`, continuing from `crc` (0 to start).
+uint32_t crc32(std::span<const std::byte> data, uint32_t crc = 0) noexcept;
+
+}  // namespace ckpt
