@@ -41,7 +41,7 @@
 #include <string_view>
 #include <vector>
 
-#include "ckpt/load.hpp"
+#include "ckpt/options.hpp"
 #include "ckpt/state_dict.hpp"
 #include "ckpt/tensor.hpp"
 

@@ -22,11 +22,6 @@ void save(io::Env& env, const std::string& path, const Value& value, const SaveO
 void write_torch_save(io::WritableFile& out, const std::string& path, const Value& value,
                       const SaveOptions& options);
 
-// Throws ckpt::FormatError naming the record when `file` is not a complete,
-// undamaged torch zip archive (its structure and every record's CRC-32):
-// what ckpt::verify checks for one.
-void verify_torch_archive(const std::shared_ptr<io::RandomAccessFile>& file);
-
 // `body` writes `path` atomically (io::write_atomically) through `env`, with
 // options.fsync and options.progress; errors gain `path` as context. Every
 // saver writes its files through this.

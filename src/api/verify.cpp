@@ -3,7 +3,7 @@
 #include <optional>
 
 #include "api/resolve.hpp"
-#include "api/save_internal.hpp"
+#include "api/verify_internal.hpp"
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
 #include "formats/dcp_reader.hpp"

@@ -339,7 +339,11 @@ std::vector<DirEntry> list_dir(const std::string& dir) { return default_env().li
 FileStatus status(const std::string& path) { return default_env().status(path); }
 
 std::string read_small_file(const std::string& path, uint64_t limit) {
-  auto file = open_file(path);
+  return read_small_file(default_env(), path, limit);
+}
+
+std::string read_small_file(Env& env, const std::string& path, uint64_t limit) {
+  auto file = env.open_for_read(path, ReadMode::random);
   if (file->size() > limit)
     throw LimitError("the file is " + std::to_string(file->size()) + " bytes; the limit is " + std::to_string(limit),
                      ErrorContext{path, "", std::nullopt});

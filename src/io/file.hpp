@@ -65,9 +65,11 @@ std::shared_ptr<RandomAccessFile> memory_file(std::span<const std::byte> bytes,
 // naming `name` and the offset. memory() views the parent's memory.
 std::shared_ptr<RandomAccessFile> slice_file(std::shared_ptr<RandomAccessFile> parent, uint64_t offset,
                                              uint64_t length, std::string name);
+class Env;
 // The whole of a small file (an index, a manifest, a `.metadata`): throws
 // LimitError naming `path` when it holds more than `limit` bytes.
 std::string read_small_file(const std::string& path, uint64_t limit);
+std::string read_small_file(Env& env, const std::string& path, uint64_t limit);
 
 class WritableFile {
  public:

@@ -35,6 +35,7 @@
 #include <utility>
 
 #include "api/save_internal.hpp"
+#include "api/verify_internal.hpp"
 #include "ckpt/checksum.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/manager.hpp"
@@ -63,17 +64,6 @@ std::string join(const std::string& dir, const std::string& name) { return dir +
 
 std::span<const std::byte> as_bytes(const std::string& s) {
   return std::as_bytes(std::span<const char>(s.data(), s.size()));
-}
-
-std::string read_small_file(io::Env& env, const std::string& path, uint64_t limit) {
-  auto f = env.open_for_read(path, io::ReadMode::random);
-  if (f->size() > limit)
-    throw FormatError("file is " + std::to_string(f->size()) + " bytes, more than the " +
-                          std::to_string(limit) + " expected",
-                      ErrorContext{path});
-  std::string out(static_cast<size_t>(f->size()), '\0');
-  f->read_at(0, std::as_writable_bytes(std::span<char>(out.data(), out.size())));
-  return out;
 }
 
 // Size and CRC-32 of a whole file.
@@ -274,7 +264,7 @@ void CheckpointManager::Impl::load_state(bool write) {
   if (fs::exists(manifest_path, ec)) {
     try {
       std::vector<std::string> skipped;
-      loaded = manager::parse_manifest(read_small_file(env, manifest_path, manager::kMaxManifestBytes), skipped);
+      loaded = manager::parse_manifest(io::read_small_file(env, manifest_path, manager::kMaxManifestBytes), skipped);
       for (const auto& s : skipped) log(s + "; ignoring it");
       dirty |= !skipped.empty();
     } catch (const UnsupportedError&) {
@@ -380,7 +370,7 @@ void CheckpointManager::Impl::load_state(bool write) {
   const std::string pointer_path = join(dir, kPointerName);
   if (fs::exists(pointer_path, ec)) {
     try {
-      ptr = read_small_file(env, pointer_path, kMaxPointerBytes);
+      ptr = io::read_small_file(env, pointer_path, kMaxPointerBytes);
       while (!ptr.empty() && (ptr.back() == '\n' || ptr.back() == '\r' || ptr.back() == ' ')) ptr.pop_back();
     } catch (const std::exception& e) {
       log(std::string("cannot read the 'last' pointer: ") + e.what());
