@@ -2,6 +2,8 @@
 // the number of pieces; errors of any piece reach the caller.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <vector>
@@ -110,4 +112,22 @@ TEST(Checksum, Crc32IsZlibsAndContinuesAcrossPieces) {
   EXPECT_EQ(crc32(bytes), 0xCBF43926u);  // the CRC-32/ISO-HDLC check value
   EXPECT_EQ(crc32(bytes.subspan(4), crc32(bytes.first(4))), 0xCBF43926u);
   EXPECT_EQ(crc32({}), 0u);
+}
+
+// A copying read of a file that another process truncates: an error with the
+// offset, never a signal (docs/security.md, "a file that changes").
+TEST(IoHelpers, AFileThatShrinksUnderAReadIsAFormatError) {
+  ckpt::testing::TempDir dir;
+  const std::string f = dir.path() + "/shrinks.bin";
+  ckpt::testing::write_file(f, std::string(8192, 'x'));
+  auto file = io::open_file_to_read_whole(f);
+  ASSERT_EQ(::truncate(f.c_str(), 100), 0);
+  std::vector<std::byte> buf(8192);
+  try {
+    file->read_at(0, buf);
+    FAIL() << "read past the new end";
+  } catch (const FormatError& e) {
+    EXPECT_EQ(e.context().file, f);
+    EXPECT_EQ(e.context().offset, std::optional<uint64_t>(100));
+  }
 }
