@@ -30,6 +30,16 @@ struct Reader::Impl {
   std::map<std::string, std::string> metadata;
   uint64_t nbytes = 0;
 
+  // Room for the tensors of `root` (a state dict: one per entry), so that
+  // 100,000 tensors cost no reallocation of the tables.
+  void reserve(const Value& root) {
+    if (!root.is_dict()) return;
+    const size_t n = infos.size() + root.as_dict().size();
+    infos.reserve(n);
+    tensors.reserve(n);
+    index.reserve(n);
+  }
+
   void add(const std::string& name, Tensor t, const std::string& file, const io::RandomAccessFile* f) {
     TensorInfo info;
     info.name = name;
@@ -91,6 +101,7 @@ void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions&
     for (auto& [k, v] : header.metadata) impl.metadata.emplace(k, v);
   }
   if (!options.key.empty()) root = lookup(root, options.key);
+  impl.reserve(root);
   for_each_tensor(root, [&](const std::string& name, const Tensor& t) { impl.add(name, t, path, file.get()); });
 }
 

@@ -38,7 +38,12 @@ class StorageLoader {
         info_(info),
         options_(options),
         pkl_(info.prefix + "/" + pickle_record),
-        dir_(info.prefix + "/" + storage_dir + "/") {}
+        dir_(info.prefix + "/" + storage_dir + "/") {
+    // One storage per record at most: no rehash while a file of 100,000
+    // tensors loads (each rehash of a large table is a large allocation,
+    // and with glibc each one consolidates the fast bins).
+    cache_.reserve(zip.entries().size());
+  }
 
   Value operator()(const Value& pid, uint64_t offset) {
     const std::string& file = zip_.file().name();
