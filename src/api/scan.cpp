@@ -2,9 +2,8 @@
 // unpickler, each global and call classified against three lists.
 #include "ckpt/scan.hpp"
 
-#include <sys/stat.h>
-
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -13,6 +12,7 @@
 #include <set>
 
 #include "formats/detect.hpp"
+#include "io/file.hpp"
 #include "ckpt/error.hpp"
 #include "container/zip.hpp"
 #include "formats/onnx.hpp"
@@ -653,35 +653,31 @@ struct DirWalk {
   size_t depth_limit = 256;
 
   void walk(const std::string& dir, size_t depth) {
-    namespace fs = std::filesystem;
     if (depth > depth_limit) {
       errors.push_back(dir + ": directory nesting deeper than " + std::to_string(depth_limit) + " levels, not entered");
       return;
     }
-    std::error_code ec;
-    std::vector<std::string> names;
-    for (fs::directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end; !ec && it != end;
-         it.increment(ec))
-      names.push_back(it->path().filename().string());
-    if (ec) {
-      errors.push_back(dir + ": cannot list directory: " + ec.message());
+    std::vector<io::DirEntry> entries;
+    try {
+      entries = io::list_dir(dir);
+    } catch (const IoError& e) {
+      if (e.code() == EACCES) return;  // not ours to read: skipped, as find(1) would report it
+      errors.push_back(dir + ": cannot list directory: " + std::strerror(e.code()));
       return;
     }
-    std::sort(names.begin(), names.end());
-    for (const auto& name : names) {
+    std::sort(entries.begin(), entries.end(),
+              [](const io::DirEntry& a, const io::DirEntry& b) { return a.name < b.name; });
+    for (const io::DirEntry& entry : entries) {
+      if (!entry.regular && !entry.directory) continue;  // a dangling link, a device, a socket...
       std::string p = dir;
       if (p.empty() || p.back() != '/') p += '/';
-      p += name;
-      struct stat lst {}, st {};
-      if (::lstat(p.c_str(), &lst) != 0) continue;
-      bool link = S_ISLNK(lst.st_mode);
-      if (::stat(p.c_str(), &st) != 0) continue;  // a dangling link
-      std::pair<uint64_t, uint64_t> id{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
-      if (S_ISDIR(st.st_mode)) {
+      p += entry.name;
+      const std::pair<uint64_t, uint64_t> id{entry.device, entry.inode};
+      if (entry.directory) {
         if (dirs_seen.insert(id).second) walk(p, depth + 1);
-      } else if (S_ISREG(st.st_mode)) {
-        auto [it, inserted] = files.try_emplace(id, Entry{p, link});
-        if (!inserted && link && !it->second.via_link) it->second = Entry{p, link};
+      } else {
+        auto [it, inserted] = files.try_emplace(id, Entry{p, entry.symlink});
+        if (!inserted && entry.symlink && !it->second.via_link) it->second = Entry{p, entry.symlink};
       }
     }
   }
@@ -690,7 +686,6 @@ struct DirWalk {
 }  // namespace
 
 std::vector<ScanReport> scan_paths(const std::vector<std::string>& paths, const ScanOptions& options) {
-  namespace fs = std::filesystem;
   std::vector<ScanReport> out;
   auto fail = [&](const std::string& path, const std::string& msg) {
     ScanReport r;
@@ -700,24 +695,21 @@ std::vector<ScanReport> scan_paths(const std::vector<std::string>& paths, const 
     out.push_back(std::move(r));
   };
   for (const std::string& path : paths) {
-    std::error_code ec;
-    fs::file_status st = fs::status(path, ec);  // a path named explicitly is followed
-    if (ec) {
-      fail(path, "cannot read: " + ec.message());
+    const io::FileStatus st = io::status(path);  // a path named explicitly is followed
+    if (st.type == io::FileStatus::Type::missing) {
+      fail(path, "cannot read: " + std::string(std::strerror(st.error)));
       continue;
     }
-    if (fs::is_regular_file(st)) {
+    if (st.regular()) {
       out.push_back(scan_file(path, options));
       continue;
     }
-    if (!fs::is_directory(st)) {
+    if (!st.directory()) {
       fail(path, "not a regular file or directory");
       continue;
     }
     DirWalk walk;
-    struct stat root {};
-    if (::stat(path.c_str(), &root) == 0)
-      walk.dirs_seen.insert({static_cast<uint64_t>(root.st_dev), static_cast<uint64_t>(root.st_ino)});
+    walk.dirs_seen.insert({st.device, st.inode});
     walk.walk(path, 0);
     for (const auto& e : walk.errors) {
       ScanReport r;

@@ -270,15 +270,18 @@ std::shared_ptr<RandomAccessFile> Env::open_for_read(const std::string& path, Re
 
 FileStatus Env::status(const std::string& path) {
   FileStatus out;
-  std::error_code ec;
-  const auto st = std::filesystem::status(path, ec);
-  if (ec || !std::filesystem::exists(st)) return out;
-  if (std::filesystem::is_regular_file(st)) {
-    out.size = std::filesystem::file_size(path, ec);
-    out.type = ec ? FileStatus::Type::missing : FileStatus::Type::regular;  // vanished meanwhile
-    if (ec) out.size = 0;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    out.error = errno;
+    return out;
+  }
+  out.device = static_cast<uint64_t>(st.st_dev);
+  out.inode = static_cast<uint64_t>(st.st_ino);
+  if (S_ISREG(st.st_mode)) {
+    out.type = FileStatus::Type::regular;
+    out.size = static_cast<uint64_t>(st.st_size);
   } else {
-    out.type = std::filesystem::is_directory(st) ? FileStatus::Type::directory : FileStatus::Type::other;
+    out.type = S_ISDIR(st.st_mode) ? FileStatus::Type::directory : FileStatus::Type::other;
   }
   return out;
 }
@@ -289,11 +292,16 @@ std::vector<DirEntry> Env::list_dir(const std::string& dir) {
   for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     DirEntry e;
     e.name = it->path().filename().string();
-    std::error_code sec;
-    e.regular = it->is_regular_file(sec);
-    if (e.regular) {
-      e.size = it->file_size(sec);
-      if (sec) e.regular = false;  // vanished meanwhile
+    const std::string path = it->path().string();
+    struct stat lst {}, st {};
+    if (::lstat(path.c_str(), &lst) != 0) continue;  // vanished meanwhile
+    e.symlink = S_ISLNK(lst.st_mode);
+    if (::stat(path.c_str(), &st) == 0) {  // else a dangling link: neither regular nor a directory
+      e.regular = S_ISREG(st.st_mode);
+      e.directory = S_ISDIR(st.st_mode);
+      e.size = e.regular ? static_cast<uint64_t>(st.st_size) : 0;
+      e.device = static_cast<uint64_t>(st.st_dev);
+      e.inode = static_cast<uint64_t>(st.st_ino);
     }
     out.push_back(std::move(e));
   }

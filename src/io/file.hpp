@@ -92,16 +92,23 @@ struct FileStatus {
   enum class Type { missing, regular, directory, other };
   Type type = Type::missing;  // missing also when it cannot be examined (EACCES on a parent...)
   uint64_t size = 0;          // regular files
+  uint64_t device = 0, inode = 0;  // the file's identity (st_dev, st_ino)
+  int error = 0;                   // missing: the errno that says why (ENOENT, EACCES...)
   bool regular() const noexcept { return type == Type::regular; }
   bool directory() const noexcept { return type == Type::directory; }
 };
 
 // One directory entry (Env::list_dir): its name, whether it is a regular
-// file (following symbolic links) and then its size.
+// file or a directory (following symbolic links; a dangling link is
+// neither), and then its size; whether the entry itself is a symbolic link;
+// the identity of what it names (st_dev, st_ino; 0 for a dangling link).
 struct DirEntry {
   std::string name;
   bool regular = false;
   uint64_t size = 0;
+  bool directory = false;
+  bool symlink = false;
+  uint64_t device = 0, inode = 0;
 };
 
 // An exclusive advisory lock on a file, held until destroyed.

@@ -301,5 +301,39 @@ TEST(ReadFault, ScopedDefaultEnvNests) {
   EXPECT_EQ(&io::default_env(), &io::Env::posix());
 }
 
+// ckpt scan walks directories through the Env: a listing that fails is a
+// per-directory error in the report, not an exception, and EACCES (a folder
+// that is not ours to read) is skipped as find(1) skips it.
+TEST(ReadFault, ScanDirectoryListingGoesThroughTheEnv) {
+  TempDir dir;
+  fs::create_directories(dir / "sub");
+  save(dir / "sub/a.pt", small_model().to_value());
+  {
+    io::FaultInjectionEnv env(io::Env::posix());
+    env.read_fail_at = 0;  // the first read-side call: listing the top folder
+    io::ScopedDefaultEnv scope(env);
+    auto reports = scan_paths({dir.path()});
+    ASSERT_EQ(reports.size(), 1u);
+    EXPECT_EQ(reports[0].verdict, ScanVerdict::error);
+    ASSERT_EQ(reports[0].errors.size(), 1u);
+    EXPECT_NE(reports[0].errors[0].find(dir.path() + ": cannot list directory"), std::string::npos)
+        << reports[0].errors[0];
+  }
+  {
+    io::FaultInjectionEnv env(io::Env::posix());
+    env.read_fail_at = 0;
+    env.read_error = EACCES;
+    io::ScopedDefaultEnv scope(env);
+    auto reports = scan_paths({dir.path()});  // skipped: no listing error, nothing found in it
+    ASSERT_EQ(reports.size(), 1u);
+    ASSERT_EQ(reports[0].errors.size(), 1u);
+    EXPECT_NE(reports[0].errors[0].find("no checkpoint or pickle found"), std::string::npos) << reports[0].errors[0];
+  }
+  auto reports = scan_paths({dir.path()});  // without faults: the file in the subfolder
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].path, dir / "sub/a.pt");
+}
+
 }  // namespace
 }  // namespace ckpt
+
