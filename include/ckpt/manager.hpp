@@ -127,6 +127,10 @@ struct CheckpointInfo {
   std::string problem;
 };
 
+// A CRC-32 (CheckpointInfo::crc32) in the form the manifest stores it: eight
+// lower-case hex digits, most significant first ("0000beef").
+std::string crc32_hex(uint32_t crc);
+
 // A loaded checkpoint.
 struct Checkpoint {
   CheckpointInfo info;

@@ -51,6 +51,16 @@ bool parse_hex32(const std::string& s, uint32_t& out) {
 
 }  // namespace
 
+}  // namespace ckpt::manager
+
+namespace ckpt {
+
+std::string crc32_hex(uint32_t crc) { return hex32(crc); }
+
+}  // namespace ckpt
+
+namespace ckpt::manager {
+
 bool is_safe_checkpoint_name(const std::string& name) {
   if (name.empty() || name[0] == '.' || name.size() > 255) return false;
   if (name.find('/') != std::string::npos || name.find('\0') != std::string::npos) return false;
