@@ -262,22 +262,8 @@ int run_extract_unnamed(const ExtractArgs& a) {
     return kExitOk;
   }
 
-  std::optional<std::regex> filter;
-  if (!a.filter.empty()) {
-    try {
-      filter.emplace(a.filter, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      throw Error("--filter: invalid regular expression '" + a.filter + "': " + e.what());
-    }
-  }
-  std::vector<TensorRef> tensors;
-  uint64_t total = 0;
-  for_each_tensor(l.root, [&](const std::string& p, const Tensor& t) {
-    if (!filter || std::regex_search(p, *filter)) {
-      tensors.push_back({p, &t});
-      total += t.nbytes();
-    }
-  });
+  const std::vector<TensorRef> tensors = select_tensors(l.root, compile_filter(a.filter));
+  const uint64_t total = total_nbytes(tensors);
   std::error_code ec;
   std::filesystem::create_directories(a.all_dir, ec);
   if (ec) throw IoError("cannot create directory '" + a.all_dir + "': " + ec.message(), ec.value(), ErrorContext{a.all_dir});
