@@ -12,10 +12,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 
 namespace ckpt {
 
 // The CRC-32 of `data`, continuing from `crc` (0 to start).
 uint32_t crc32(std::span<const std::byte> data, uint32_t crc = 0) noexcept;
+
+// A CRC-32 in the form manifest.json and `ckpt manage` write it: eight
+// lower-case hex digits, most significant first ("0000beef").
+std::string crc32_hex(uint32_t crc);
 
 }  // namespace ckpt

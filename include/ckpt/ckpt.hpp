@@ -4,6 +4,7 @@
 #include "ckpt/checksum.hpp"
 #include "ckpt/distributed.hpp"
 #include "ckpt/dtype.hpp"
+#include "ckpt/elements.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
 #include "ckpt/load.hpp"

@@ -41,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/checksum.hpp"  // crc32_hex: CheckpointInfo::crc32 as the manifest writes it
 #include "ckpt/load.hpp"
 #include "ckpt/value.hpp"
 

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "core/hex.hpp"
+
 namespace ckpt {
 
 uint32_t crc32(std::span<const std::byte> data, uint32_t crc) noexcept {
@@ -19,5 +21,7 @@ uint32_t crc32(std::span<const std::byte> data, uint32_t crc) noexcept {
   }
   return crc;
 }
+
+std::string crc32_hex(uint32_t crc) { return hex32(crc); }
 
 }  // namespace ckpt

@@ -51,6 +51,10 @@ bool parse_hex32(const std::string& s, uint32_t& out) {
 
 }  // namespace
 
+}  // namespace ckpt::manager
+
+namespace ckpt::manager {
+
 bool is_safe_checkpoint_name(const std::string& name) {
   if (name.empty() || name[0] == '.' || name.size() > 255) return false;
   if (name.find('/') != std::string::npos || name.find('\0') != std::string::npos) return false;

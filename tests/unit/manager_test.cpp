@@ -495,6 +495,7 @@ TEST(ManagerPolicy, ManifestRecordsStepMetricsSizeAndCrc) {
   char crc[9];
   std::snprintf(crc, sizeof crc, "%08x", zip::crc32(std::as_bytes(std::span(bytes.data(), bytes.size()))));
   EXPECT_EQ(e["crc32"], crc);
+  EXPECT_EQ(e["crc32"], crc32_hex(crc32(std::as_bytes(std::span(bytes.data(), bytes.size())))));
 
   CheckpointManager again(dir.path(), quiet({}));
   auto l = again.list();
@@ -1349,4 +1350,12 @@ TEST(ManagerKill, ResumeAfterSigkillAtRandomMoments) {
               rounds, secs, static_cast<long long>(durable_max), save_secs * 1000, cleaned, ahead,
               killed_before_first);
   EXPECT_GT(durable_max, 0);
+}
+
+TEST(Manager, Crc32HexIsTheManifestForm) {
+  EXPECT_EQ(crc32_hex(0), "00000000");
+  EXPECT_EQ(crc32_hex(0xbeef), "0000beef");
+  EXPECT_EQ(crc32_hex(0xDEADBEEFu), "deadbeef");
+  EXPECT_EQ(crc32_hex(0xffffffffu), "ffffffff");
+  EXPECT_EQ(crc32_hex(0x01234567u), "01234567");
 }

@@ -6,11 +6,11 @@
 #include <optional>
 #include <regex>
 
+#include "ckpt/elements.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
 #include "commands.hpp"
 #include "common.hpp"
-#include "elements.hpp"
 #include "progress.hpp"
 
 namespace ckpt::cli {

@@ -12,11 +12,11 @@
 #include <regex>
 #include <set>
 
+#include "ckpt/elements.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
 #include "commands.hpp"
 #include "common.hpp"
-#include "elements.hpp"
 #include "progress.hpp"
 
 namespace ckpt::cli {
@@ -111,54 +111,6 @@ DType target_dtype(const Tensor& t, const std::string& as, const std::string& pa
   return *d;
 }
 
-template <class T>
-void put(std::byte* out, T v) {
-  std::memcpy(out, &v, sizeof v);
-}
-
-// Converts every element of t to `to`, row-major, into out.
-void convert_into(const Tensor& t, DType to, std::byte* out) {
-  const DType from = t.dtype();
-  const size_t isz = itemsize(to);
-  const ElementClass fc = element_class(from);
-  const bool from_int = fc == ElementClass::signed_int || fc == ElementClass::unsigned_int || fc == ElementClass::boolean;
-  for_each_element(t, [&](const std::byte* p) {
-    switch (to) {
-      case DType::float64: put(out, read_double(p, from)); break;
-      case DType::float32: put(out, static_cast<float>(read_double(p, from))); break;
-      case DType::complex64: {
-        auto z = read_complex(p, from);
-        put(out, static_cast<float>(z.real()));
-        put(out + 4, static_cast<float>(z.imag()));
-        break;
-      }
-      case DType::complex128: {
-        auto z = read_complex(p, from);
-        put(out, z.real());
-        put(out + 8, z.imag());
-        break;
-      }
-      case DType::bool_: put(out, static_cast<uint8_t>(read_double(p, from) != 0)); break;
-      default: {  // integers: exact from integers, truncated toward zero from floats (as torch's .to)
-        int64_t v = 0;
-        if (from_int) {
-          v = fc == ElementClass::unsigned_int ? static_cast<int64_t>(read_uint64(p, from)) : read_int64(p, from);
-        } else {
-          double x = read_double(p, from);
-          v = std::isfinite(x) && std::fabs(x) < 9.2e18 ? static_cast<int64_t>(x) : 0;
-        }
-        switch (isz) {
-          case 1: put(out, static_cast<uint8_t>(v)); break;
-          case 2: put(out, static_cast<uint16_t>(v)); break;
-          case 4: put(out, static_cast<uint32_t>(v)); break;
-          default: put(out, static_cast<uint64_t>(v)); break;
-        }
-      }
-    }
-    out += isz;
-  });
-}
-
 // Writes one tensor as .npy to `out` (to a temporary, then renamed).
 void write_npy(const Tensor& t, const std::string& path, const std::string& as, const std::string& out) {
   const DType to = target_dtype(t, as, path);
@@ -167,7 +119,7 @@ void write_npy(const Tensor& t, const std::string& path, const std::string& as, 
   std::vector<std::byte> converted;
   if (to != t.dtype()) {
     converted.resize(static_cast<size_t>(t.numel()) * itemsize(to));
-    convert_into(t, to, converted.data());
+    cast_elements(t, to, converted);  // as torch's .to(dtype); target_dtype admitted the pair
   } else if (!t.is_contiguous()) {
     converted = t.contiguous_bytes();  // non-contiguous views are written row-major
   }
@@ -262,22 +214,8 @@ int run_extract_unnamed(const ExtractArgs& a) {
     return kExitOk;
   }
 
-  std::optional<std::regex> filter;
-  if (!a.filter.empty()) {
-    try {
-      filter.emplace(a.filter, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      throw Error("--filter: invalid regular expression '" + a.filter + "': " + e.what());
-    }
-  }
-  std::vector<TensorRef> tensors;
-  uint64_t total = 0;
-  for_each_tensor(l.root, [&](const std::string& p, const Tensor& t) {
-    if (!filter || std::regex_search(p, *filter)) {
-      tensors.push_back({p, &t});
-      total += t.nbytes();
-    }
-  });
+  const std::vector<TensorRef> tensors = select_tensors(l.root, compile_filter(a.filter));
+  const uint64_t total = total_nbytes(tensors);
   std::error_code ec;
   std::filesystem::create_directories(a.all_dir, ec);
   if (ec) throw IoError("cannot create directory '" + a.all_dir + "': " + ec.message(), ec.value(), ErrorContext{a.all_dir});

@@ -152,24 +152,8 @@ int run_info_file(const InfoArgs& a, const std::string& path, nlohmann::ordered_
 }
 
 int run_info(const InfoArgs& a) {
-  if (a.json) {
-    std::vector<nlohmann::ordered_json> docs;
-    int rc = for_each_file(a.files, [&](const std::string& f) {
-      nlohmann::ordered_json j;
-      int r = run_info_file(a, f, &j);
-      docs.push_back(std::move(j));
-      return r;
-    });
-    if (a.files.size() == 1 && docs.size() == 1) std::printf("%s\n", docs[0].dump(2).c_str());
-    else if (a.files.size() > 1) std::printf("%s\n", nlohmann::ordered_json(docs).dump(2).c_str());
-    return rc;
-  }
-  bool first = true;
-  return for_each_file(a.files, [&](const std::string& f) {
-    if (!first) std::printf("\n");
-    first = false;
-    return run_info_file(a, f, nullptr);
-  });
+  return report_files(a.files, a.json,
+                      [&](const std::string& f, nlohmann::ordered_json* j) { return run_info_file(a, f, j); });
 }
 
 }  // namespace

@@ -1,7 +1,5 @@
 // ckpt ls FILE [--json] [--digest] — list the tensors of a checkpoint.
 #include <cstdio>
-#include <optional>
-#include <regex>
 #include <nlohmann/json.hpp>
 
 #include "ckpt/error.hpp"
@@ -48,26 +46,16 @@ void print_tree(const std::vector<TensorRef>& tensors) {
   }
 }
 
-// Lists one file. With several files, `json_out` collects the JSON object (with
-// a "file" key) instead of printing it, and the table gets a "FILE:" heading.
+// Lists one file. With --json, `json_out` collects the JSON object (with a
+// "file" key when there are several files); with several files the table
+// gets a "FILE:" heading.
 int run_ls_file(const LsArgs& a, const std::string& path, nlohmann::ordered_json* json_out) {
   const bool several = a.files.size() > 1;
   const Loaded loaded = load_checkpoint(path, a.read);
   const Format format = loaded.format;
   const Value& root = loaded.root;
 
-  std::vector<TensorRef> tensors;
-  std::optional<std::regex> filter;
-  if (!a.filter.empty()) {
-    try {
-      filter.emplace(a.filter, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      throw Error("--filter: invalid regular expression '" + a.filter + "': " + e.what());
-    }
-  }
-  for_each_tensor(root, [&](const std::string& p, const Tensor& t) {
-    if (!filter || std::regex_search(p, *filter)) tensors.push_back({p, &t});
-  });
+  const std::vector<TensorRef> tensors = select_tensors(root, compile_filter(a.filter));
   if (several && !a.json) std::printf("%s:\n", path.c_str());
   if (a.tree && !a.json) {
     print_tree(tensors);
@@ -101,29 +89,19 @@ int run_ls_file(const LsArgs& a, const std::string& path, nlohmann::ordered_json
       }
       list.push_back(std::move(t));
     }
-    if (json_out) *json_out = std::move(out);
-    else std::printf("%s\n", out.dump(2).c_str());
+    *json_out = std::move(out);
     return kExitOk;
   }
 
-  size_t w_path = 4, w_dtype = 5, w_shape = 5;
-  std::vector<std::string> shapes, paths;
-  for (const auto& r : tensors) {
-    shapes.push_back(format_shape(r.tensor->sizes()));
-    paths.push_back(printable(r.path));
-    w_path = std::max(w_path, paths.back().size());
-    w_dtype = std::max(w_dtype, name(r.tensor->dtype()).size());
-    w_shape = std::max(w_shape, shapes.back().size());
-  }
-  std::printf("%-*s  %-*s  %-*s  %10s  %s%s\n", static_cast<int>(w_path), "PATH", static_cast<int>(w_dtype),
-              "DTYPE", static_cast<int>(w_shape), "SHAPE", "SIZE", "DEVICE", a.digest ? "  SHA256" : "");
-  uint64_t total = 0;
+  const TensorColumns c = tensor_columns(tensors);
+  std::printf("%-*s  %-*s  %-*s  %10s  %s%s\n", c.path_width, "PATH", c.dtype_width, "DTYPE", c.shape_width,
+              "SHAPE", "SIZE", "DEVICE", a.digest ? "  SHA256" : "");
+  const uint64_t total = total_nbytes(tensors);
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = *tensors[i].tensor;
-    total += t.nbytes();
-    std::printf("%-*s  %-*s  %-*s  %10s  %s%s%s\n", static_cast<int>(w_path), paths[i].c_str(),
-                static_cast<int>(w_dtype), std::string(name(t.dtype())).c_str(), static_cast<int>(w_shape),
-                shapes[i].c_str(), human_bytes(t.nbytes()).c_str(), t.device().c_str(), a.digest ? "  " : "",
+    std::printf("%-*s  %-*s  %-*s  %10s  %s%s%s\n", c.path_width, c.paths[i].c_str(), c.dtype_width,
+                std::string(name(t.dtype())).c_str(), c.shape_width, c.shapes[i].c_str(),
+                human_bytes(t.nbytes()).c_str(), t.device().c_str(), a.digest ? "  " : "",
                 a.digest ? tensor_sha256(t).c_str() : "");
   }
   std::printf("%s tensors, %s (%s bytes), format %s\n", thousands(tensors.size()).c_str(),
@@ -132,24 +110,8 @@ int run_ls_file(const LsArgs& a, const std::string& path, nlohmann::ordered_json
 }
 
 int run_ls(const LsArgs& a) {
-  if (a.files.size() == 1) return for_each_file(a.files, [&](const std::string& f) { return run_ls_file(a, f, nullptr); });
-  if (a.json) {
-    auto docs = nlohmann::ordered_json::array();
-    int rc = for_each_file(a.files, [&](const std::string& f) {
-      nlohmann::ordered_json j;
-      int r = run_ls_file(a, f, &j);
-      docs.push_back(std::move(j));
-      return r;
-    });
-    std::printf("%s\n", docs.dump(2).c_str());
-    return rc;
-  }
-  bool first = true;
-  return for_each_file(a.files, [&](const std::string& f) {
-    if (!first) std::printf("\n");
-    first = false;
-    return run_ls_file(a, f, nullptr);
-  });
+  return report_files(a.files, a.json,
+                      [&](const std::string& f, nlohmann::ordered_json* j) { return run_ls_file(a, f, j); });
 }
 
 }  // namespace

@@ -28,13 +28,6 @@ struct ManageArgs {
   std::string mode = "min";
 };
 
-// The manifest's form of a CRC-32 (eight lower-case hex digits).
-std::string crc_hex(uint32_t c) {
-  char buf[12];
-  std::snprintf(buf, sizeof buf, "%08x", c);
-  return buf;
-}
-
 std::string metrics_text(const Metrics& m) {
   std::string s;
   for (const auto& [k, v] : m) s += (s.empty() ? "" : " ") + k + "=" + format_number(v);
@@ -48,7 +41,7 @@ nlohmann::ordered_json info_json(const CheckpointInfo& c) {
   auto& m = j["metrics"] = nlohmann::ordered_json::object();
   for (const auto& [k, v] : c.metrics) m[k] = std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json(format_number(v));
   j["size"] = c.size;
-  j["crc32"] = crc_hex(c.crc32);
+  j["crc32"] = crc32_hex(c.crc32);
   j["pinned"] = c.pinned;
   j["valid"] = c.valid;
   if (!c.valid) j["problem"] = c.problem;

@@ -6,11 +6,11 @@
 #include <optional>
 #include <regex>
 
+#include "ckpt/elements.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/inspect.hpp"
 #include "commands.hpp"
 #include "common.hpp"
-#include "elements.hpp"
 #include "progress.hpp"
 
 namespace ckpt::cli {
@@ -83,23 +83,10 @@ nlohmann::ordered_json num(double v, bool present) {
 }
 
 int run_stats_file(const StatsArgs& a, const std::string& path, nlohmann::ordered_json* json_out, bool header) {
-  std::optional<std::regex> filter;
-  if (!a.filter.empty()) {
-    try {
-      filter.emplace(a.filter, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      throw Error("--filter: invalid regular expression '" + a.filter + "': " + e.what());
-    }
-  }
+  const std::optional<std::regex> filter = compile_filter(a.filter);  // before the (long) load
   const Loaded l = load_checkpoint(path, a.read);
-  std::vector<TensorRef> tensors;
-  uint64_t total = 0;
-  for_each_tensor(l.root, [&](const std::string& p, const Tensor& t) {
-    if (!filter || std::regex_search(p, *filter)) {
-      tensors.push_back({p, &t});
-      total += t.nbytes();
-    }
-  });
+  const std::vector<TensorRef> tensors = select_tensors(l.root, filter);
+  const uint64_t total = total_nbytes(tensors);
   std::vector<Stats> stats;
   {
     Progress bar("stats", total, Progress::Unit::bytes);
@@ -140,18 +127,9 @@ int run_stats_file(const StatsArgs& a, const std::string& path, nlohmann::ordere
 
   if (header) std::printf("%s:\n", path.c_str());
   const bool color = use_color(stdout);
-  size_t w_path = 4, w_dtype = 5, w_shape = 5;
-  std::vector<std::string> shapes, paths;
-  for (const auto& r : tensors) {
-    shapes.push_back(format_shape(r.tensor->sizes()));
-    paths.push_back(printable(r.path));
-    w_path = std::max(w_path, paths.back().size());
-    w_dtype = std::max(w_dtype, name(r.tensor->dtype()).size());
-    w_shape = std::max(w_shape, shapes.back().size());
-  }
-  std::printf("%-*s  %-*s  %-*s  %12s  %12s  %12s  %12s  %6s  %6s  %6s\n", static_cast<int>(w_path), "PATH",
-              static_cast<int>(w_dtype), "DTYPE", static_cast<int>(w_shape), "SHAPE", "MIN", "MAX", "MEAN", "STD",
-              "NAN", "INF", "ZERO%");
+  const TensorColumns c = tensor_columns(tensors);
+  std::printf("%-*s  %-*s  %-*s  %12s  %12s  %12s  %12s  %6s  %6s  %6s\n", c.path_width, "PATH", c.dtype_width,
+              "DTYPE", c.shape_width, "SHAPE", "MIN", "MAX", "MEAN", "STD", "NAN", "INF", "ZERO%");
   uint64_t bad_tensors = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Stats& s = stats[i];
@@ -163,9 +141,9 @@ int run_stats_file(const StatsArgs& a, const std::string& path, nlohmann::ordere
     std::snprintf(nan_s, sizeof nan_s, "%6s", thousands(s.nan).c_str());
     std::snprintf(inf_s, sizeof inf_s, "%6s", thousands(s.inf).c_str());
     if (s.nan || s.inf) ++bad_tensors;
-    std::printf("%-*s  %-*s  %-*s  %12s  %12s  %12s  %12s  %s  %s  %6s\n", static_cast<int>(w_path),
-                paths[i].c_str(), static_cast<int>(w_dtype), std::string(name(tensors[i].tensor->dtype())).c_str(),
-                static_cast<int>(w_shape), shapes[i].c_str(), f(s.min).c_str(), f(s.max).c_str(), f(s.mean).c_str(),
+    std::printf("%-*s  %-*s  %-*s  %12s  %12s  %12s  %12s  %s  %s  %6s\n", c.path_width, c.paths[i].c_str(),
+                c.dtype_width, std::string(name(tensors[i].tensor->dtype())).c_str(), c.shape_width,
+                c.shapes[i].c_str(), f(s.min).c_str(), f(s.max).c_str(), f(s.mean).c_str(),
                 (have && s.finite > 1) ? format_number(s.std()).c_str() : "-",
                 paint(nan_s, "31", color && s.nan).c_str(), paint(inf_s, "31", color && s.inf).c_str(), zero);
   }
@@ -175,23 +153,8 @@ int run_stats_file(const StatsArgs& a, const std::string& path, nlohmann::ordere
 }
 
 int run_stats(const StatsArgs& a) {
-  if (a.json) {
-    std::vector<nlohmann::ordered_json> docs;
-    int rc = for_each_file(a.files, [&](const std::string& f) {
-      nlohmann::ordered_json j;
-      int r = run_stats_file(a, f, &j, false);
-      docs.push_back(std::move(j));
-      return r;
-    });
-    if (a.files.size() == 1 && docs.size() == 1) std::printf("%s\n", docs[0].dump(2).c_str());
-    else if (a.files.size() > 1) std::printf("%s\n", nlohmann::ordered_json(docs).dump(2).c_str());
-    return rc;
-  }
-  bool first = true;
-  return for_each_file(a.files, [&](const std::string& f) {
-    if (!first) std::printf("\n");
-    first = false;
-    return run_stats_file(a, f, nullptr, a.files.size() > 1);
+  return report_files(a.files, a.json, [&](const std::string& f, nlohmann::ordered_json* j) {
+    return run_stats_file(a, f, j, a.files.size() > 1);
   });
 }
 

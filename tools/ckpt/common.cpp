@@ -10,10 +10,48 @@
 #include <memory>
 #include <vector>
 
-#include "ckpt/open.hpp"
 #include "ckpt/error.hpp"
+#include "ckpt/inspect.hpp"
+#include "ckpt/open.hpp"
 
 namespace ckpt::cli {
+
+std::optional<std::regex> compile_filter(const std::string& pattern) {
+  std::optional<std::regex> filter;
+  if (pattern.empty()) return filter;
+  try {
+    filter.emplace(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    throw Error("--filter: invalid regular expression '" + pattern + "': " + e.what());
+  }
+  return filter;
+}
+
+std::vector<TensorRef> select_tensors(const Value& root, const std::optional<std::regex>& filter) {
+  std::vector<TensorRef> tensors;
+  for_each_tensor(root, [&](const std::string& p, const Tensor& t) {
+    if (!filter || std::regex_search(p, *filter)) tensors.push_back({p, &t});
+  });
+  return tensors;
+}
+
+uint64_t total_nbytes(const std::vector<TensorRef>& tensors) {
+  uint64_t total = 0;
+  for (const auto& r : tensors) total += r.tensor->nbytes();
+  return total;
+}
+
+TensorColumns tensor_columns(const std::vector<TensorRef>& tensors) {
+  TensorColumns c;
+  for (const auto& r : tensors) {
+    c.shapes.push_back(format_shape(r.tensor->sizes()));
+    c.paths.push_back(printable(r.path));
+    c.path_width = std::max(c.path_width, static_cast<int>(c.paths.back().size()));
+    c.dtype_width = std::max(c.dtype_width, static_cast<int>(name(r.tensor->dtype()).size()));
+    c.shape_width = std::max(c.shape_width, static_cast<int>(c.shapes.back().size()));
+  }
+  return c;
+}
 
 std::string human_bytes(uint64_t n) {
   static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -128,6 +166,28 @@ int for_each_file(const std::vector<std::string>& files, const std::function<int
     worst = std::max(worst, rc);
   }
   return worst;
+}
+
+int report_files(const std::vector<std::string>& files, bool json,
+                 const std::function<int(const std::string&, nlohmann::ordered_json*)>& report) {
+  if (json) {
+    std::vector<nlohmann::ordered_json> docs;
+    int rc = for_each_file(files, [&](const std::string& f) {
+      nlohmann::ordered_json j;
+      int r = report(f, &j);
+      docs.push_back(std::move(j));
+      return r;
+    });
+    if (files.size() == 1 && docs.size() == 1) std::printf("%s\n", docs[0].dump(2).c_str());
+    else if (files.size() > 1) std::printf("%s\n", nlohmann::ordered_json(docs).dump(2).c_str());
+    return rc;
+  }
+  bool first = true;
+  return for_each_file(files, [&](const std::string& f) {
+    if (!first) std::printf("\n");
+    first = false;
+    return report(f, nullptr);
+  });
 }
 
 void add_read_flags(CLI::App* cmd, ReadFlags& flags) {

@@ -4,10 +4,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "ckpt/load.hpp"
 #include "ckpt/value.hpp"
@@ -24,6 +27,29 @@ struct TensorRef {
   std::string path;
   const Tensor* tensor;
 };
+
+// --filter PATTERN: the regular expression (ECMAScript), or nothing when
+// `pattern` is empty. Throws ckpt::Error naming --filter when it does not compile.
+std::optional<std::regex> compile_filter(const std::string& pattern);
+
+// The tensors of `root`, in for_each_tensor's order, whose path `filter`
+// matches (std::regex_search); all of them without a filter.
+std::vector<TensorRef> select_tensors(const Value& root, const std::optional<std::regex>& filter);
+
+// The sum of the tensors' nbytes().
+uint64_t total_nbytes(const std::vector<TensorRef>& tensors);
+
+// The PATH, DTYPE and SHAPE columns of a table of tensors: each tensor's
+// printable() path and format_shape(), and each column's width (at least
+// that of its heading).
+struct TensorColumns {
+  std::vector<std::string> paths;
+  std::vector<std::string> shapes;
+  int path_width = 4;   // "PATH"
+  int dtype_width = 5;  // "DTYPE"
+  int shape_width = 5;  // "SHAPE"
+};
+TensorColumns tensor_columns(const std::vector<TensorRef>& tensors);
 
 // 1536 -> "1.5 KiB"
 std::string human_bytes(uint64_t n);
@@ -71,5 +97,13 @@ Loaded load_checkpoint(const std::string& path, const ReadFlags& flags);
 // "ckpt: error: ..." and counts as exit 2; the others still run. Returns the
 // largest exit code.
 int for_each_file(const std::vector<std::string>& files, const std::function<int(const std::string&)>& fn);
+
+// A command's report over FILE...: runs report(file, json) on each file, as
+// for_each_file does. With `json`, report fills the document it is given and
+// prints nothing; the documents are printed at the end, a single file's alone,
+// several files' as an array (of the files that succeeded). Without, report
+// gets nullptr and prints its own report, reports separated by a blank line.
+int report_files(const std::vector<std::string>& files, bool json,
+                 const std::function<int(const std::string&, nlohmann::ordered_json*)>& report);
 
 }  // namespace ckpt::cli
