@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <sstream>
+#include <tuple>
 #include <type_traits>
 #include <unordered_map>
 
@@ -81,6 +82,48 @@ Value step_tensor(int64_t step) {
 
 Value tensor_value(const ::torch::Tensor& t) { return Value(from_torch(t.detach())); }
 
+// ---- Adam and AdamW: one implementation, parameterised by decoupled weight
+// decay (AdamW). LibTorch gives the two distinct options and state classes of
+// the same shape; Python writes the same keys but for the ones noted.
+template <bool Decoupled>
+using AdamOptionsOf = std::conditional_t<Decoupled, optim::AdamWOptions, optim::AdamOptions>;
+template <bool Decoupled>
+using AdamStateOf = std::conditional_t<Decoupled, optim::AdamWParamState, optim::AdamParamState>;
+
+template <bool Decoupled>
+void adam_param_group(const optim::OptimizerOptions& base, bool v1, Dict& d) {
+  const auto& o = static_cast<const AdamOptionsOf<Decoupled>&>(base);
+  const std::tuple<double, double> betas = o.betas();
+  d.set("lr", o.lr());
+  d.set("betas", Value::tuple({std::get<0>(betas), std::get<1>(betas)}));
+  d.set("eps", o.eps());
+  d.set("weight_decay", number(o.weight_decay(), !Decoupled));  // AdamW's default is 0.01
+  d.set("amsgrad", o.amsgrad());
+  if (v1 && Decoupled) {  // torch 1.13's AdamW: fewer keys, in another order
+    d.set("foreach", Value());
+    d.set("maximize", false);
+    d.set("capturable", false);
+  } else {
+    d.set("maximize", false);
+    d.set("foreach", Value());
+    d.set("capturable", false);
+    d.set("differentiable", false);
+    d.set("fused", v1 ? Value(false) : Value());
+    if (!v1) d.set("decoupled_weight_decay", Decoupled);
+  }
+}
+
+template <bool Decoupled>
+void adam_param_state(const optim::OptimizerParamState& base, const optim::OptimizerOptions& opts, Dict& d) {
+  const auto& st = static_cast<const AdamStateOf<Decoupled>&>(base);
+  d.set("step", step_tensor(st.step()));
+  d.set("exp_avg", tensor_value(st.exp_avg()));
+  d.set("exp_avg_sq", tensor_value(st.exp_avg_sq()));
+  if (static_cast<const AdamOptionsOf<Decoupled>&>(opts).amsgrad() && st.max_exp_avg_sq().defined()) {
+    d.set("max_exp_avg_sq", tensor_value(st.max_exp_avg_sq()));
+  }
+}
+
 Value param_group(Kind kind, const optim::OptimizerOptions& base, bool v1) {
   Value g = Value::dict();
   Dict& d = g.as_dict();
@@ -98,37 +141,8 @@ Value param_group(Kind kind, const optim::OptimizerOptions& base, bool v1) {
       if (!v1) d.set("fused", Value());
       break;
     }
-    case Kind::adam:
-    case Kind::adamw: {
-      double lr, eps, wd;
-      bool amsgrad;
-      std::tuple<double, double> betas;
-      if (kind == Kind::adam) {
-        const auto& o = static_cast<const optim::AdamOptions&>(base);
-        lr = o.lr(), eps = o.eps(), wd = o.weight_decay(), amsgrad = o.amsgrad(), betas = o.betas();
-      } else {
-        const auto& o = static_cast<const optim::AdamWOptions&>(base);
-        lr = o.lr(), eps = o.eps(), wd = o.weight_decay(), amsgrad = o.amsgrad(), betas = o.betas();
-      }
-      d.set("lr", lr);
-      d.set("betas", Value::tuple({std::get<0>(betas), std::get<1>(betas)}));
-      d.set("eps", eps);
-      d.set("weight_decay", number(wd, kind == Kind::adam));
-      d.set("amsgrad", amsgrad);
-      if (v1 && kind == Kind::adamw) {
-        d.set("foreach", Value());
-        d.set("maximize", false);
-        d.set("capturable", false);
-      } else {
-        d.set("maximize", false);
-        d.set("foreach", Value());
-        d.set("capturable", false);
-        d.set("differentiable", false);
-        d.set("fused", v1 ? Value(false) : Value());
-        if (!v1) d.set("decoupled_weight_decay", kind == Kind::adamw);
-      }
-      break;
-    }
+    case Kind::adam: adam_param_group<false>(base, v1, d); break;
+    case Kind::adamw: adam_param_group<true>(base, v1, d); break;
     case Kind::rmsprop: {
       const auto& o = static_cast<const optim::RMSpropOptions&>(base);
       d.set("lr", o.lr());
@@ -174,26 +188,8 @@ Value param_state(Kind kind, const optim::OptimizerParamState& base, const optim
       d.set("momentum_buffer", tensor_value(st.momentum_buffer()));
       break;
     }
-    case Kind::adam: {
-      const auto& st = static_cast<const optim::AdamParamState&>(base);
-      d.set("step", step_tensor(st.step()));
-      d.set("exp_avg", tensor_value(st.exp_avg()));
-      d.set("exp_avg_sq", tensor_value(st.exp_avg_sq()));
-      if (static_cast<const optim::AdamOptions&>(opts).amsgrad() && st.max_exp_avg_sq().defined()) {
-        d.set("max_exp_avg_sq", tensor_value(st.max_exp_avg_sq()));
-      }
-      break;
-    }
-    case Kind::adamw: {
-      const auto& st = static_cast<const optim::AdamWParamState&>(base);
-      d.set("step", step_tensor(st.step()));
-      d.set("exp_avg", tensor_value(st.exp_avg()));
-      d.set("exp_avg_sq", tensor_value(st.exp_avg_sq()));
-      if (static_cast<const optim::AdamWOptions&>(opts).amsgrad() && st.max_exp_avg_sq().defined()) {
-        d.set("max_exp_avg_sq", tensor_value(st.max_exp_avg_sq()));
-      }
-      break;
-    }
+    case Kind::adam: adam_param_state<false>(base, opts, d); break;
+    case Kind::adamw: adam_param_state<true>(base, opts, d); break;
     case Kind::rmsprop: {
       const auto& st = static_cast<const optim::RMSpropParamState&>(base);
       const auto& o = static_cast<const optim::RMSpropOptions&>(opts);
@@ -264,6 +260,20 @@ bool get_bool(const Dict& g, std::string_view key, bool fallback) {
   return v && !v->is_none() ? v->as_bool() : fallback;
 }
 
+template <bool Decoupled, class BetasOf>
+void set_adam_options(optim::OptimizerOptions& base, const Dict& g, size_t gi, const BetasOf& betas_of) {
+  auto& o = static_cast<AdamOptionsOf<Decoupled>&>(base);
+  o.lr(get_float(g, "lr", o.lr()));
+  o.betas(betas_of(o.betas()));
+  o.eps(get_float(g, "eps", o.eps()));
+  o.weight_decay(get_float(g, "weight_decay", o.weight_decay()));
+  o.amsgrad(get_bool(g, "amsgrad", o.amsgrad()));
+  if (!Decoupled && get_bool(g, "decoupled_weight_decay", false)) {
+    throw UnsupportedError("param_groups[" + std::to_string(gi) +
+                           "]: Adam with decoupled_weight_decay=True: load it into an AdamW");
+  }
+}
+
 void set_group_options(Kind kind, optim::OptimizerOptions& base, const Dict& g, size_t gi) {
   if (get_bool(g, "maximize", false)) {
     throw UnsupportedError("param_groups[" + std::to_string(gi) + "]: maximize=True: LibTorch's " +
@@ -286,28 +296,8 @@ void set_group_options(Kind kind, optim::OptimizerOptions& base, const Dict& g, 
       o.nesterov(get_bool(g, "nesterov", o.nesterov()));
       break;
     }
-    case Kind::adam: {
-      auto& o = static_cast<optim::AdamOptions&>(base);
-      o.lr(get_float(g, "lr", o.lr()));
-      o.betas(betas_of(o.betas()));
-      o.eps(get_float(g, "eps", o.eps()));
-      o.weight_decay(get_float(g, "weight_decay", o.weight_decay()));
-      o.amsgrad(get_bool(g, "amsgrad", o.amsgrad()));
-      if (get_bool(g, "decoupled_weight_decay", false)) {
-        throw UnsupportedError("param_groups[" + std::to_string(gi) +
-                               "]: Adam with decoupled_weight_decay=True: load it into an AdamW");
-      }
-      break;
-    }
-    case Kind::adamw: {
-      auto& o = static_cast<optim::AdamWOptions&>(base);
-      o.lr(get_float(g, "lr", o.lr()));
-      o.betas(betas_of(o.betas()));
-      o.eps(get_float(g, "eps", o.eps()));
-      o.weight_decay(get_float(g, "weight_decay", o.weight_decay()));
-      o.amsgrad(get_bool(g, "amsgrad", o.amsgrad()));
-      break;
-    }
+    case Kind::adam: set_adam_options<false>(base, g, gi, betas_of); break;
+    case Kind::adamw: set_adam_options<true>(base, g, gi, betas_of); break;
     case Kind::rmsprop: {
       auto& o = static_cast<optim::RMSpropOptions&>(base);
       o.lr(get_float(g, "lr", o.lr()));
@@ -330,6 +320,21 @@ void set_group_options(Kind kind, optim::OptimizerOptions& base, const Dict& g, 
   }
 }
 
+template <bool Decoupled>
+std::unique_ptr<optim::OptimizerParamState> make_adam_state(int64_t step, const Dict& st, const ::torch::Tensor& p,
+                                                            const optim::OptimizerOptions& opts, int64_t index) {
+  auto s = std::make_unique<AdamStateOf<Decoupled>>();
+  s->step(step);
+  s->exp_avg(state_tensor(st, "exp_avg", p, index, true));
+  s->exp_avg_sq(state_tensor(st, "exp_avg_sq", p, index, true));
+  auto m = state_tensor(st, "max_exp_avg_sq", p, index, false);
+  if (!m.defined() && static_cast<const AdamOptionsOf<Decoupled>&>(opts).amsgrad()) {
+    m = ::torch::zeros_like(p, ::torch::MemoryFormat::Preserve);
+  }
+  if (m.defined()) s->max_exp_avg_sq(m);
+  return s;
+}
+
 std::unique_ptr<optim::OptimizerParamState> make_state(Kind kind, const Dict& st, const ::torch::Tensor& p,
                                                        const optim::OptimizerOptions& opts, int64_t index) {
   auto step = [&]() -> int64_t {
@@ -345,30 +350,8 @@ std::unique_ptr<optim::OptimizerParamState> make_state(Kind kind, const Dict& st
       s->momentum_buffer(t);
       return s;
     }
-    case Kind::adam: {
-      auto s = std::make_unique<optim::AdamParamState>();
-      s->step(step());
-      s->exp_avg(state_tensor(st, "exp_avg", p, index, true));
-      s->exp_avg_sq(state_tensor(st, "exp_avg_sq", p, index, true));
-      auto m = state_tensor(st, "max_exp_avg_sq", p, index, false);
-      if (!m.defined() && static_cast<const optim::AdamOptions&>(opts).amsgrad()) {
-        m = ::torch::zeros_like(p, ::torch::MemoryFormat::Preserve);
-      }
-      if (m.defined()) s->max_exp_avg_sq(m);
-      return s;
-    }
-    case Kind::adamw: {
-      auto s = std::make_unique<optim::AdamWParamState>();
-      s->step(step());
-      s->exp_avg(state_tensor(st, "exp_avg", p, index, true));
-      s->exp_avg_sq(state_tensor(st, "exp_avg_sq", p, index, true));
-      auto m = state_tensor(st, "max_exp_avg_sq", p, index, false);
-      if (!m.defined() && static_cast<const optim::AdamWOptions&>(opts).amsgrad()) {
-        m = ::torch::zeros_like(p, ::torch::MemoryFormat::Preserve);
-      }
-      if (m.defined()) s->max_exp_avg_sq(m);
-      return s;
-    }
+    case Kind::adam: return make_adam_state<false>(step(), st, p, opts, index);
+    case Kind::adamw: return make_adam_state<true>(step(), st, p, opts, index);
     case Kind::rmsprop: {
       const auto& o = static_cast<const optim::RMSpropOptions&>(opts);
       auto s = std::make_unique<optim::RMSpropParamState>();

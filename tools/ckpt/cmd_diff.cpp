@@ -152,25 +152,11 @@ nlohmann::ordered_json number_or_null(double v) {
 
 int run_diff(const DiffArgs& o) {
   if (!(o.rtol >= 0) || !(o.atol >= 0)) throw Error("--rtol and --atol must be non-negative numbers");
-  std::optional<std::regex> filter;
-  if (!o.filter.empty()) {
-    try {
-      filter.emplace(o.filter, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      throw Error("--filter: invalid regular expression '" + o.filter + "': " + e.what());
-    }
-  }
+  const std::optional<std::regex> filter = compile_filter(o.filter);
   const Loaded la = load_checkpoint(o.a, o.read);
   const Loaded lb = load_checkpoint(o.b, o.read);
 
-  auto collect = [&](const Value& root) {
-    std::vector<TensorRef> v;
-    for_each_tensor(root, [&](const std::string& p, const Tensor& t) {
-      if (!filter || std::regex_search(p, *filter)) v.push_back({p, &t});
-    });
-    return v;
-  };
-  const auto ta = collect(la.root), tb = collect(lb.root);
+  const auto ta = select_tensors(la.root, filter), tb = select_tensors(lb.root, filter);
   std::map<std::string, const Tensor*> in_b;
   for (const auto& r : tb) in_b.emplace(r.path, r.tensor);
   std::map<std::string, bool> in_a;
