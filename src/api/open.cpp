@@ -20,13 +20,19 @@ namespace fs = std::filesystem;
 namespace ckpt {
 
 struct Reader::Impl {
+  Impl() = default;
+  Impl(const Impl&) = delete;  // `index` views into `infos`
+  Impl& operator=(const Impl&) = delete;
+
   Format format = Format::unknown;
   std::string path;
   bool sharded = false;
   std::vector<std::string> files;
   std::vector<TensorInfo> infos;
   std::vector<Tensor> tensors;  // parallel to infos
-  std::unordered_map<std::string, size_t> index;
+  // Names (views into `infos`, which no longer changes once built) ->
+  // position; built once by finish(): no per-tensor key copy.
+  std::unordered_map<std::string_view, size_t> index;
   std::map<std::string, std::string> metadata;
   uint64_t nbytes = 0;
 
@@ -37,7 +43,6 @@ struct Reader::Impl {
     const size_t n = infos.size() + root.as_dict().size();
     infos.reserve(n);
     tensors.reserve(n);
-    index.reserve(n);
   }
 
   void add(const std::string& name, Tensor t, const std::string& file, const io::RandomAccessFile* f) {
@@ -58,11 +63,19 @@ struct Reader::Impl {
       info.file_offset = static_cast<int64_t>(s.data() - base) +
                          t.storage_offset() * static_cast<int64_t>(t.itemsize());
     }
-    if (!index.emplace(name, infos.size()).second)
-      throw FormatError("tensor " + name + " appears twice", ErrorContext{file, name, std::nullopt});
     nbytes += info.nbytes;
     infos.push_back(std::move(info));
     tensors.push_back(std::move(t));
+  }
+
+  // The name index, once every tensor is in; a name seen twice is refused.
+  void finish() {
+    index.reserve(infos.size());
+    for (size_t i = 0; i < infos.size(); ++i) {
+      const TensorInfo& info = infos[i];
+      if (!index.emplace(info.name, i).second)
+        throw FormatError("tensor " + info.name + " appears twice", ErrorContext{info.file, info.name, std::nullopt});
+    }
   }
 };
 
@@ -88,7 +101,6 @@ void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions&
                                              options.map_location.apply("cpu"));
     impl.infos.reserve(tensors.size());
     impl.tensors.reserve(tensors.size());
-    impl.index.reserve(tensors.size());
     for (auto& [name, t] : tensors) impl.add(name, std::move(t), path, file.get());
     return;
   }
@@ -181,6 +193,7 @@ Reader open(const std::string& path, const OpenOptions& options) {
         open_single(*impl, target.path, options);
         break;
     }
+    impl->finish();
   } catch (Error& e) {
     e.add_context(ErrorContext{path, "", std::nullopt});
     throw;
@@ -204,11 +217,11 @@ std::vector<std::string> Reader::keys() const {
   return out;
 }
 
-bool Reader::contains(std::string_view name) const { return impl_->index.count(std::string(name)) != 0; }
+bool Reader::contains(std::string_view name) const { return impl_->index.count(name) != 0; }
 
 namespace {
 size_t position(const Reader::Impl& impl, std::string_view name) {
-  auto it = impl.index.find(std::string(name));
+  auto it = impl.index.find(name);
   if (it == impl.index.end())
     throw TypeError("no tensor named '" + std::string(name) + "' (" + std::to_string(impl.infos.size()) +
                         " tensors)",
