@@ -585,3 +585,23 @@ TEST(SaveProgress, CallsAddUpToTheFilesWritten) {
   EXPECT_EQ(slurp(pt), before);
   EXPECT_EQ(load_state_dict(pt).size(), sd.size());
 }
+
+// Two tensors that walk to the same path ("a/b" as a key, and "a" -> "b")
+// cannot both be named: open() refuses the file rather than hide one.
+TEST(Open, TwoTensorsWithOnePathAreRefused) {
+  TempDir dir;
+  const std::string pt = dir.path() + "/dup.pt";
+  Value inner = Value::dict();
+  inner.as_dict().set(Value("b"), Value(iota(DType::float32, {2})));
+  Value root = Value::dict();
+  root.as_dict().set(Value("a/b"), Value(iota(DType::float32, {3})));
+  root.as_dict().set(Value("a"), inner);
+  save(pt, root);
+  try {
+    open(pt);
+    FAIL() << "opened a file with two tensors named a/b";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor a/b appears twice"), std::string::npos) << e.what();
+    EXPECT_EQ(e.context().file, pt);
+  }
+}
