@@ -575,7 +575,7 @@ class Scanner {
     if (e.method == 0 && !pkl_name) {  // peek before reading a (possibly large) stored record
       std::byte peek[2];
       const size_t k = static_cast<size_t>(std::min<uint64_t>(e.uncompressed_size, 2));
-      z.file().read_at(e.data_offset, {peek, k});
+      z.file().read_at(z.data_offset(e), {peek, k});
       if (looks_like_pickle({peek, k}) == PickleLike::no) return;
     }
     Storage bytes = e.method == 0 && z.file().memory() != nullptr ? z.view(e) : z.read(e);

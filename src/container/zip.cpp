@@ -182,18 +182,23 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
       throw FormatError("damaged zip archive: stored entry has compressed size " + std::to_string(e.compressed_size) +
                             " but uncompressed size " + std::to_string(e.uncompressed_size),
                         where);
-    // Local header: its name/extra lengths give where the payload starts.
+    // The local header is read lazily (data_offset()); here only what the
+    // central directory alone proves: the header's fixed part lies in the
+    // file, and so does the payload at its earliest possible start.
     if (e.local_header_offset > size || size - e.local_header_offset < kLocalHeaderSize)
       throw FormatError("damaged zip archive: local header lies outside the file", where);
-    std::byte lh[kLocalHeaderSize];
-    file_->read_at(e.local_header_offset, lh);
-    if (u32(lh) != kLocalSig)
-      throw FormatError("damaged zip archive: local header signature is wrong", ErrorContext{name, e.name, e.local_header_offset});
-    e.data_offset = e.local_header_offset + kLocalHeaderSize + u16(lh + 26) + u16(lh + 28);
-    if (e.data_offset > size || e.compressed_size > size - e.data_offset)
+    if (e.compressed_size > size - e.local_header_offset - kLocalHeaderSize) {
+      // Damaged whatever the local header says; it is read only for the
+      // message (and its own damage, reported first as before).
+      std::byte lh[kLocalHeaderSize];
+      file_->read_at(e.local_header_offset, lh);
+      if (u32(lh) != kLocalSig)
+        throw FormatError("damaged zip archive: local header signature is wrong", ErrorContext{name, e.name, e.local_header_offset});
+      const uint64_t data_offset = e.local_header_offset + kLocalHeaderSize + u16(lh + 26) + u16(lh + 28);
       throw FormatError("damaged zip archive: entry data (" + std::to_string(e.compressed_size) + " bytes at offset " +
-                            std::to_string(e.data_offset) + ") passes the end of the file (" + std::to_string(size) + " bytes)",
+                            std::to_string(data_offset) + ") passes the end of the file (" + std::to_string(size) + " bytes)",
                         where);
+    }
     if (!by_name_.emplace(e.name, entries_.size()).second)
       throw FormatError("damaged zip archive: duplicate entry name", where);
     entries_.push_back(std::move(e));
@@ -207,22 +212,70 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
   if (any_upper)
     for (size_t i = 0; i < entries_.size(); ++i) by_folded_.emplace(fold_case(entries_[i].name), i);
 
-  // 4. Payloads must not overlap each other or the central directory.
+  // 4. Payloads must not overlap each other or the central directory. Each
+  //    payload is checked here at its earliest possible end (header's fixed
+  //    part + payload), and against its actual end (after the local header's
+  //    name and extra fields) when data_offset() resolves it.
   std::vector<std::pair<uint64_t, size_t>> order;
   order.reserve(entries_.size());
   for (size_t i = 0; i < entries_.size(); ++i) order.emplace_back(entries_[i].local_header_offset, i);
   std::sort(order.begin(), order.end());
+  bounds_.assign(entries_.size(), Bound{cd_offset, kNoNext});
   uint64_t prev_end = 0;
   std::string prev_name;
-  for (const auto& [off, i] : order) {
+  for (size_t k = 0; k < order.size(); ++k) {
+    const auto& [off, i] = order[k];
     const Entry& e = entries_[i];
     if (off < prev_end)
       throw FormatError("damaged zip archive: entry overlaps '" + prev_name + "'", ErrorContext{name, e.name, off});
-    prev_end = e.data_offset + e.compressed_size;
+    prev_end = off + kLocalHeaderSize + e.compressed_size;  // no overflow: both checked against the file size
     prev_name = e.name;
+    if (k + 1 < order.size()) bounds_[i] = Bound{order[k + 1].first, order[k + 1].second};
   }
   if (prev_end > cd_offset)
     throw FormatError("damaged zip archive: entry data overlaps the central directory", ErrorContext{name, prev_name, cd_offset});
+  data_offsets_ = std::make_unique<std::atomic<uint64_t>[]>(entries_.size());
+}
+
+uint64_t ZipReader::data_offset(const Entry& e) const {
+  size_t index;
+  if (!entries_.empty() && &e >= entries_.data() && &e < entries_.data() + entries_.size()) {
+    index = static_cast<size_t>(&e - entries_.data());
+  } else {  // a copy: the entry of that name
+    auto it = by_name_.find(e.name);
+    if (it == by_name_.end())
+      throw Error("zip entry is not in this archive", ErrorContext{file_->name(), e.name, std::nullopt});
+    index = it->second;
+  }
+  uint64_t off = data_offsets_[index].load(std::memory_order_relaxed);
+  if (off != 0) return off;
+  off = resolve_data_offset(index);
+  data_offsets_[index].store(off, std::memory_order_relaxed);  // racing resolvers store the same value
+  return off;
+}
+
+uint64_t ZipReader::resolve_data_offset(size_t index) const {
+  const Entry& e = entries_[index];
+  const std::string& name = file_->name();
+  const uint64_t size = file_->size();
+  ErrorContext where{name, e.name, e.local_header_offset};
+  // The constructor checked that the header's fixed part lies in the file.
+  std::byte lh[kLocalHeaderSize];
+  file_->read_at(e.local_header_offset, lh);
+  if (u32(lh) != kLocalSig) throw FormatError("damaged zip archive: local header signature is wrong", where);
+  const uint64_t data_offset = e.local_header_offset + kLocalHeaderSize + u16(lh + 26) + u16(lh + 28);
+  if (data_offset > size || e.compressed_size > size - data_offset)
+    throw FormatError("damaged zip archive: entry data (" + std::to_string(e.compressed_size) + " bytes at offset " +
+                          std::to_string(data_offset) + ") passes the end of the file (" + std::to_string(size) + " bytes)",
+                      where);
+  const Bound& b = bounds_[index];
+  if (data_offset + e.compressed_size > b.end) {
+    if (b.next == kNoNext)
+      throw FormatError("damaged zip archive: entry data overlaps the central directory", ErrorContext{name, e.name, b.end});
+    throw FormatError("damaged zip archive: entry overlaps '" + e.name + "'",
+                      ErrorContext{name, entries_[b.next].name, b.end});
+  }
+  return data_offset;
 }
 
 std::vector<const Entry*> ZipReader::find_all_icase(std::string_view name) const {
@@ -257,32 +310,33 @@ const Entry* ZipReader::find(std::string_view name) const noexcept {
 // Deflate: bound the output before anything is allocated for it (zip bombs,
 // and central directories that claim terabytes: read() and read_string()
 // allocate the declared size, so they check first).
-void ZipReader::check_inflated_size(const Entry& e) const {
+void ZipReader::check_inflated_size(const Entry& e, uint64_t data_offset) const {
   if (e.method == 0) return;  // stored: the size was checked against the file
   if (e.uncompressed_size > limits_.max_inflated_size ||
       e.uncompressed_size > kMaxDeflateRatio * e.compressed_size + 1024)
     throw LimitError("deflated entry claims " + std::to_string(e.uncompressed_size) + " bytes from " +
                          std::to_string(e.compressed_size) + " compressed bytes (more than deflate can produce)",
-                     ErrorContext{file_->name(), e.name, e.data_offset});
+                     ErrorContext{file_->name(), e.name, data_offset});
 }
 
 void ZipReader::read_into(const Entry& e, std::span<std::byte> dst) const {
-  ErrorContext where{file_->name(), e.name, e.data_offset};
+  const uint64_t data_offset = this->data_offset(e);
+  ErrorContext where{file_->name(), e.name, data_offset};
   if (dst.size() != e.uncompressed_size)
     throw Error("read_into: destination has " + std::to_string(dst.size()) + " bytes, entry has " +
                 std::to_string(e.uncompressed_size), where);
   if (e.method == 0) {
-    io::read_at_parallel(*file_, e.data_offset, dst);
+    io::read_at_parallel(*file_, data_offset, dst);
     return;
   }
-  check_inflated_size(e);
+  check_inflated_size(e, data_offset);
   std::vector<std::byte> compressed;
   std::span<const std::byte> in;
   if (file_->memory() != nullptr) {
-    in = {file_->memory() + e.data_offset, e.compressed_size};
+    in = {file_->memory() + data_offset, e.compressed_size};
   } else {
     compressed.resize(e.compressed_size);
-    file_->read_at(e.data_offset, compressed);
+    file_->read_at(data_offset, compressed);
     in = compressed;
   }
   std::unique_ptr<libdeflate_decompressor, decltype(&libdeflate_free_decompressor)> d(
@@ -298,14 +352,14 @@ void ZipReader::read_into(const Entry& e, std::span<std::byte> dst) const {
 }
 
 Storage ZipReader::read(const Entry& e, Storage::HugePages huge) const {
-  check_inflated_size(e);
+  check_inflated_size(e, data_offset(e));
   Storage s = Storage::allocate(e.uncompressed_size, huge);
   read_into(e, {s.mutable_data(), s.nbytes()});
   return s;
 }
 
 std::string ZipReader::read_string(const Entry& e) const {
-  check_inflated_size(e);
+  check_inflated_size(e, data_offset(e));
   std::string out(e.uncompressed_size, '\0');
   read_into(e, std::as_writable_bytes(std::span<char>(out)));
   return out;
@@ -314,18 +368,19 @@ std::string ZipReader::read_string(const Entry& e) const {
 Storage ZipReader::view(const Entry& e) const {
   if (e.method != 0) throw Error("cannot view a deflated zip entry in place", ErrorContext{file_->name(), e.name});
   if (file_->memory() == nullptr) throw Error("cannot view a zip entry of a file that is not mapped", ErrorContext{file_->name(), e.name});
-  return Storage::mapped(file_->keepalive(), file_->memory() + e.data_offset, e.uncompressed_size);
+  return Storage::mapped(file_->keepalive(), file_->memory() + data_offset(e), e.uncompressed_size);
 }
 
 void ZipReader::verify(const Entry& e, bool strict) const {
+  const uint64_t data_offset = this->data_offset(e);
   uint32_t crc = 0;
   if (e.method == 0 && file_->memory() != nullptr) {
-    crc = crc32({file_->memory() + e.data_offset, e.uncompressed_size});
+    crc = crc32({file_->memory() + data_offset, e.uncompressed_size});
   } else if (e.method == 0) {
     std::vector<std::byte> buf(std::min<uint64_t>(e.uncompressed_size, kVerifyChunk));
     for (uint64_t done = 0; done < e.uncompressed_size;) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), e.uncompressed_size - done));
-      file_->read_at(e.data_offset + done, {buf.data(), n});
+      file_->read_at(data_offset + done, {buf.data(), n});
       crc = crc32({buf.data(), n}, crc);
       done += n;
     }
@@ -337,7 +392,7 @@ void ZipReader::verify(const Entry& e, bool strict) const {
   if (crc != e.crc32) {
     char msg[96];
     std::snprintf(msg, sizeof msg, "CRC mismatch: stored 0x%08x, computed 0x%08x", e.crc32, crc);
-    throw FormatError(msg, ErrorContext{file_->name(), e.name, e.data_offset});
+    throw FormatError(msg, ErrorContext{file_->name(), e.name, data_offset});
   }
 }
 

@@ -1,11 +1,21 @@
 // Private: the zip container used by torch.save, TorchScript and LibTorch.
 //
-// ZipReader parses the central directory (ZIP64 aware), resolves each entry's
-// data offset from its local header, and hands out entry bytes either as an
+// ZipReader parses the central directory (ZIP64 aware) at open, and hands out
+// entry bytes either as an
 // owned copy (stored entries: one positioned read; deflated entries: inflated
 // with libdeflate into a buffer of the declared size) or, for stored entries
 // of a memory-resident file, as a zero-copy view. CRC32 (ISA-L) is checked on
 // request. Every offset and size is validated against the file size before use.
+//
+// Local headers are read lazily, as torch's reader (miniz) does: an entry's
+// data offset (which depends on the local header's name and extra lengths) is
+// resolved the first time the entry is read, viewed or verified, or
+// data_offset() is asked, then cached. Opening an archive reads only its end
+// records and central directory: reading hundreds of scattered local headers
+// at open would queue behind a whole-file read-ahead on a cold cache (issue
+// #20). The local header checks (signature, data inside the file, no overlap
+// with the next entry or the central directory) therefore fail when the
+// damaged entry is first used, naming it and the offset, as at open before.
 //
 // ZipWriter streams a store-only archive the way PyTorch's writer lays it out:
 // local headers with flag 0x0808 and zero CRC/sizes, an "FB" extra field that
@@ -14,6 +24,7 @@
 // record. ZIP64 fields are used for entries at or past `zip64_threshold`.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -45,7 +56,8 @@ struct Entry {
   uint64_t compressed_size = 0;
   uint64_t uncompressed_size = 0;
   uint64_t local_header_offset = 0;
-  uint64_t data_offset = 0;  // first payload byte in the file
+  // The first payload byte is not here: ZipReader::data_offset(entry)
+  // resolves it from the local header on first use.
 };
 
 struct ReaderLimits {
@@ -71,6 +83,13 @@ class ZipReader {
   const io::RandomAccessFile& file() const noexcept { return *file_; }
   const std::shared_ptr<io::RandomAccessFile>& file_ptr() const noexcept { return file_; }
 
+  // The entry's first payload byte in the file, from its local header (read
+  // on the first call for the entry, then cached; safe to call from several
+  // threads). Throws FormatError naming the entry when the local header is
+  // damaged or the payload passes the end of the file or overlaps the next
+  // entry or the central directory. `e` must be one of entries().
+  uint64_t data_offset(const Entry& e) const;
+
   // The entry's bytes in owned, 64-byte aligned memory.
   Storage read(const Entry& e, Storage::HugePages huge = Storage::HugePages::on) const;
   // Small records (data.pkl, version): the bytes as a string.
@@ -88,12 +107,25 @@ class ZipReader {
  private:
   // Throws LimitError when a deflated entry claims more than deflate can
   // produce from its compressed size or more than limits_ allow.
-  void check_inflated_size(const Entry& e) const;
+  void check_inflated_size(const Entry& e, uint64_t data_offset) const;
+  uint64_t resolve_data_offset(size_t index) const;
   std::shared_ptr<io::RandomAccessFile> file_;
   ReaderLimits limits_;
   std::vector<Entry> entries_;
   std::unordered_map<std::string, size_t> by_name_;
   std::unordered_multimap<std::string, size_t> by_folded_;  // lower-cased name -> index (empty: all lower case)
+  // Per entry: where the next thing in the file (the next entry's local
+  // header, or the central directory) starts, and that entry's index
+  // (kNoNext: the central directory). A payload must end at or before it.
+  static constexpr size_t kNoNext = ~size_t{0};
+  struct Bound {
+    uint64_t end;
+    size_t next;
+  };
+  std::vector<Bound> bounds_;
+  // Resolved data offsets, 0 while unresolved (a payload starts at least 30
+  // bytes into the file).
+  std::unique_ptr<std::atomic<uint64_t>[]> data_offsets_;
 };
 
 struct WriterOptions {

@@ -108,7 +108,7 @@ class StorageLoader {
     sv.dtype = dtype;
     sv.device = options_.map_location.apply(t[3].as_string());
     const bool swap = info_.byteorder == "big" && itemsize(dtype) > 1;
-    const bool aligned = e->data_offset % std::max<size_t>(itemsize(dtype), 1) == 0;
+    const bool aligned = zip_.data_offset(*e) % std::max<size_t>(itemsize(dtype), 1) == 0;
     if (options_.mmap && !swap && e->method == 0 && aligned && zip_.file().memory() != nullptr) {
       sv.storage = zip_.view(*e);
     } else {

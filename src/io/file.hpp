@@ -50,8 +50,10 @@ std::shared_ptr<RandomAccessFile> open_file(const std::string& path);
 // open_file for a file that will be read whole, front to back (a copying
 // load): tells the kernel so (POSIX_FADV_SEQUENTIAL: a larger readahead
 // window) and, for a file of at most a quarter of the RAM, to start reading
-// all of it now (POSIX_FADV_WILLNEED), so that the disk works while the
-// reader parses and copies. Only hints; the reads are the same.
+// all of it now (POSIX_FADV_WILLNEED, one call per 256 KiB: Linux reads only
+// one readahead window per call; skipped when sampled pages show the file
+// cached), so that the disk works while the reader parses and copies. Only
+// hints; the reads are the same.
 std::shared_ptr<RandomAccessFile> open_file_to_read_whole(const std::string& path);
 // Read-only private mapping of the whole file (memory() is non-null).
 std::shared_ptr<RandomAccessFile> map_file(const std::string& path);
