@@ -3,8 +3,6 @@
 // or the DCP reader.
 #include "ckpt/load.hpp"
 
-#include <algorithm>
-#include <filesystem>
 
 #include "api/resolve.hpp"
 #include "ckpt/error.hpp"
@@ -31,11 +29,7 @@ Value load_path(const std::string& path, const LoadOptions& options, LoadReport&
   switch (target.kind) {
     case detail::Target::Kind::dcp: {
       out.format = Format::dcp;
-      std::vector<std::string> files;
-      for (const io::DirEntry& e : io::list_dir(target.path))
-        if (e.regular) files.push_back((std::filesystem::path(target.path) / e.name).string());
-      std::sort(files.begin(), files.end());
-      for (const auto& f : files) add_file(f);
+      for (const auto& f : formats::dcp::checkpoint_files(target.path)) add_file(f);
       return formats::dcp::Reader(target.path, options, formats::dcp::read_metadata_bytes(target.path)).consolidate();
     }
     case detail::Target::Kind::shard_index: {

@@ -167,9 +167,7 @@ void open_index(Reader::Impl& impl, const std::string& index_path, const OpenOpt
 // only where a chunk is the whole tensor).
 void open_dcp(Reader::Impl& impl, const std::string& dir, const OpenOptions& options) {
   impl.format = Format::dcp;
-  for (const io::DirEntry& e : io::list_dir(dir))
-    if (e.regular) impl.files.push_back((fs::path(dir) / e.name).string());
-  std::sort(impl.files.begin(), impl.files.end());
+  impl.files = formats::dcp::checkpoint_files(dir);
   Value root = formats::dcp::Reader(dir, mapped(options), formats::dcp::read_metadata_bytes(dir)).consolidate();
   if (!options.key.empty()) root = lookup(root, options.key);
   for_each_tensor(root, [&](const std::string& name, const Tensor& t) { impl.add(name, t, dir, nullptr); });

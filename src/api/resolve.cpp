@@ -46,23 +46,27 @@ std::string find_checkpoint_in_dir(const std::string& dir) {
                 0, ErrorContext{dir, "", std::nullopt});
 }
 
-
-
-}  // namespace
-
-std::string dcp_dir(const std::string& path) {
-  if (io::status(path).directory()) return formats::dcp::is_checkpoint_dir(path) ? path : "";
+// dcp_dir, given what `path` is (status taken once by the caller).
+std::string dcp_dir_of(const std::string& path, const io::FileStatus& st) {
+  if (st.directory()) return formats::dcp::is_checkpoint_dir(path) ? path : "";
   const fs::path p(path);
-  if (p.filename() != formats::dcp::kMetadataFile || !io::status(path).regular()) return "";
+  if (!st.regular() || p.filename() != formats::dcp::kMetadataFile) return "";
   std::string dir = p.parent_path().empty() ? "." : p.parent_path().string();
   return formats::dcp::is_checkpoint_dir(dir) ? dir : "";
 }
 
+}  // namespace
+
+std::string dcp_dir(const std::string& path) { return dcp_dir_of(path, io::status(path)); }
+
 Target resolve(const std::string& path) {
-  if (std::string dir = dcp_dir(path); !dir.empty()) return {Target::Kind::dcp, std::move(dir)};
-  std::string target = io::status(path).directory() ? find_checkpoint_in_dir(path) : path;
-  // A path that is no regular file (missing, a device...) is left for the opener to report.
-  if (io::status(target).regular() && formats::is_shard_index(target))
+  const io::FileStatus st = io::status(path);
+  if (std::string dir = dcp_dir_of(path, st); !dir.empty()) return {Target::Kind::dcp, std::move(dir)};
+  // find_checkpoint_in_dir returns a regular file; a path that is no regular
+  // file (missing, a device...) is left for the opener to report.
+  const bool in_dir = st.directory();
+  std::string target = in_dir ? find_checkpoint_in_dir(path) : path;
+  if ((in_dir || st.regular()) && formats::is_shard_index(target))
     return {Target::Kind::shard_index, std::move(target)};
   return {Target::Kind::file, std::move(target)};
 }

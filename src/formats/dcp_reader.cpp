@@ -129,6 +129,14 @@ bool is_checkpoint_dir(const std::string& dir) {
   }
 }
 
+std::vector<std::string> checkpoint_files(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const io::DirEntry& e : io::list_dir(dir))
+    if (e.regular) files.push_back((std::filesystem::path(dir) / e.name).string());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 Reader::Reader(std::string dir, const LoadOptions& options, std::string_view metadata_bytes)
     : dir_(std::move(dir)), options_(options) {
   md_ = parse_metadata(std::as_bytes(std::span<const char>(metadata_bytes)), metadata_path(dir_));

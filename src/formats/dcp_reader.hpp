@@ -30,6 +30,9 @@ std::string read_metadata_bytes(const std::string& dir);
 // An error reading `.metadata` propagates (an unreadable checkpoint must not
 // pass for a directory without one).
 bool is_checkpoint_dir(const std::string& dir);
+// The regular files of the checkpoint directory (`.metadata`, the data
+// files, anything else in it), as paths, sorted: what a load of it reads.
+std::vector<std::string> checkpoint_files(const std::string& dir);
 
 class Reader {
  public:
