@@ -39,7 +39,8 @@ bool is_shard_index(const std::string& path) {
   // Decided by the key, not by a successful parse, so that a damaged index
   // gets read_shard_index's error (with its byte offset) rather than
   // "not a checkpoint format".
-  std::string text = io::read_small_file(path, kMaxIndexBytes);
+  std::string text(static_cast<size_t>(file->size()), '\0');  // at most kMaxIndexBytes, checked above
+  file->read_at(0, std::as_writable_bytes(std::span<char>(text)));
   return text.find("\"weight_map\"") != std::string::npos;
 }
 
