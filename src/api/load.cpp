@@ -1,12 +1,11 @@
 // ckpt::load and ckpt::load_state_dict: a path resolved (resolve.hpp), then
-// loaded by the loader core (formats/detect.hpp), ckpt::open (a shard index)
-// or the DCP reader.
+// loaded by the loader core (formats/detect.hpp), ckpt::open's index reader
+// (a shard index) or the DCP reader.
 #include "ckpt/load.hpp"
 
-
+#include "api/open_internal.hpp"
 #include "api/resolve.hpp"
 #include "ckpt/error.hpp"
-#include "ckpt/open.hpp"
 #include "formats/dcp_reader.hpp"
 #include "formats/detect.hpp"
 #include "io/file.hpp"
@@ -21,32 +20,21 @@ namespace {
 
 Value load_path(const std::string& path, const LoadOptions& options, LoadReport& out) {
   out = LoadReport{};
-  const auto add_file = [&](const std::string& f) {
-    out.files.push_back(f);
-    out.file_bytes += io::status(f).size;
-  };
-  const detail::Target target = detail::resolve(path);
+  const detail::Target target = detail::resolve(path, options.mmap);
   switch (target.kind) {
-    case detail::Target::Kind::dcp: {
+    case detail::Target::Kind::dcp:
       out.format = Format::dcp;
-      for (const auto& f : formats::dcp::checkpoint_files(target.path)) add_file(f);
-      return formats::dcp::Reader(target.path, options, formats::dcp::read_metadata_bytes(target.path)).consolidate();
-    }
-    case detail::Target::Kind::shard_index: {
-      LoadOptions o = options;
-      o.key.clear();  // load_state_dict applies the key to the loaded value
-      Reader r = open(target.path, o);
-      out.format = r.format();
-      for (const auto& f : r.files()) add_file(f);
-      return r.state_dict(/*copy=*/!options.mmap).to_value();
-    }
+      out.files = target.dcp.files;
+      out.file_bytes = target.dcp.file_bytes;
+      return formats::dcp::Reader(target.dcp.dir, options, target.dcp.metadata_bytes).consolidate();
+    case detail::Target::Kind::shard_index:
+      return detail::load_shard_index(target, options, out);
     case detail::Target::Kind::file:
       break;
   }
-  auto file = formats::open_for_load(target.path, options.mmap);
   out.files.push_back(target.path);
-  out.file_bytes = file->size();
-  return formats::load_any(file, options, &out.format, nullptr);
+  out.file_bytes = target.file->size();
+  return formats::load_any(target.file, options, &out.format, nullptr);
 }
 
 }  // namespace

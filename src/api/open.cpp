@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <unordered_map>
 
+#include "api/open_internal.hpp"
 #include "api/resolve.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/tree.hpp"
@@ -35,6 +36,12 @@ struct Reader::Impl {
   std::unordered_map<std::string_view, size_t> index;
   std::map<std::string, std::string> metadata;
   uint64_t nbytes = 0;
+  uint64_t file_bytes = 0;  // the sizes of `files`, summed
+
+  void add_file(const std::string& name, uint64_t size) {
+    files.push_back(name);
+    file_bytes += size;
+  }
 
   // Room for the tensors of `root` (a state dict: one per entry), so that
   // 100,000 tensors cost no reallocation of the tables.
@@ -77,6 +84,12 @@ struct Reader::Impl {
         throw FormatError("tensor " + info.name + " appears twice", ErrorContext{info.file, info.name, std::nullopt});
     }
   }
+
+  StateDict state_dict(bool copy) const {
+    StateDict sd;
+    for (size_t i = 0; i < infos.size(); ++i) sd.set(infos[i].name, copy ? tensors[i].clone() : tensors[i]);
+    return sd;
+  }
 };
 
 namespace {
@@ -88,13 +101,13 @@ LoadOptions mapped(const OpenOptions& options) {
   return lo;
 }
 
-void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions& options) {
-  auto file = io::map_file(path);
+void open_single(Reader::Impl& impl, const std::string& path, const std::shared_ptr<io::RandomAccessFile>& file,
+                 const OpenOptions& options) {
   if (formats::detect_head(file) == Format::safetensors && options.key.empty()) {
     // The flat tensors straight from the header, parsed once (a ckpt.tree
     // is not rebuilt: its tensors are already named by their paths).
     if (impl.format == Format::unknown) impl.format = Format::safetensors;
-    impl.files.push_back(path);
+    impl.add_file(path, file->size());
     auto header = formats::read_safetensors_header(*file);
     for (auto& [k, v] : header.metadata) impl.metadata.emplace(k, v);
     auto tensors = formats::read_safetensors(*file, std::move(header), /*mmap=*/true,
@@ -107,7 +120,7 @@ void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions&
   Format format = Format::unknown;
   Value root = formats::load_any(file, mapped(options), &format, nullptr);
   if (impl.format == Format::unknown) impl.format = format;
-  impl.files.push_back(path);
+  impl.add_file(path, file->size());
   if (format == Format::safetensors) {
     auto header = formats::read_safetensors_header(*file);
     for (auto& [k, v] : header.metadata) impl.metadata.emplace(k, v);
@@ -117,8 +130,9 @@ void open_single(Reader::Impl& impl, const std::string& path, const OpenOptions&
   for_each_tensor(root, [&](const std::string& name, const Tensor& t) { impl.add(name, t, path, file.get()); });
 }
 
-void open_index(Reader::Impl& impl, const std::string& index_path, const OpenOptions& options) {
-  formats::ShardIndex index = formats::read_shard_index(index_path);
+void open_index(Reader::Impl& impl, const std::string& index_path, const std::string& index_text,
+                const OpenOptions& options) {
+  formats::ShardIndex index = formats::parse_shard_index(index_text, index_path);
   impl.sharded = true;
   impl.metadata = index.metadata;
   const fs::path dir = fs::path(index_path).parent_path();
@@ -137,7 +151,7 @@ void open_index(Reader::Impl& impl, const std::string& index_path, const OpenOpt
         throw FormatError("tensor " + name + " appears twice", ErrorContext{shard_path, name, std::nullopt});
     });
     shard_files[shard] = file;
-    impl.files.push_back(shard_path);
+    impl.add_file(shard_path, file->size());
   }
   for (const auto& [name, shard] : index.weight_map) {
     auto& named = shard_tensors[shard];
@@ -165,33 +179,54 @@ void open_index(Reader::Impl& impl, const std::string& index_path, const OpenOpt
 // A distributed checkpoint, consolidated: each tensor assembled from its
 // chunks (so copied, not mapped; records are views into mapped data files
 // only where a chunk is the whole tensor).
-void open_dcp(Reader::Impl& impl, const std::string& dir, const OpenOptions& options) {
+void open_dcp(Reader::Impl& impl, const formats::dcp::CheckpointDir& dcp, const OpenOptions& options) {
   impl.format = Format::dcp;
-  impl.files = formats::dcp::checkpoint_files(dir);
-  Value root = formats::dcp::Reader(dir, mapped(options), formats::dcp::read_metadata_bytes(dir)).consolidate();
+  impl.files = dcp.files;
+  impl.file_bytes = dcp.file_bytes;
+  Value root = formats::dcp::Reader(dcp.dir, mapped(options), dcp.metadata_bytes).consolidate();
   if (!options.key.empty()) root = lookup(root, options.key);
-  for_each_tensor(root, [&](const std::string& name, const Tensor& t) { impl.add(name, t, dir, nullptr); });
+  for_each_tensor(root, [&](const std::string& name, const Tensor& t) { impl.add(name, t, dcp.dir, nullptr); });
+}
+
+void open_target(Reader::Impl& impl, const detail::Target& target, const OpenOptions& options) {
+  switch (target.kind) {
+    case detail::Target::Kind::shard_index:
+      open_index(impl, target.path, target.index_text, options);
+      break;
+    case detail::Target::Kind::dcp:
+      open_dcp(impl, target.dcp, options);
+      break;
+    case detail::Target::Kind::file:
+      open_single(impl, target.path, target.file, options);
+      break;
+  }
+  impl.finish();
 }
 
 }  // namespace
+
+Value detail::load_shard_index(const Target& target, const LoadOptions& options, LoadReport& report) {
+  Reader::Impl impl;
+  impl.path = target.path;
+  OpenOptions o = options;
+  o.key.clear();  // load_state_dict applies the key to the loaded value
+  try {
+    open_target(impl, target, o);
+  } catch (Error& e) {
+    e.add_context(ErrorContext{target.path, "", std::nullopt});
+    throw;
+  }
+  report.format = impl.format;
+  report.files = impl.files;
+  report.file_bytes = impl.file_bytes;
+  return impl.state_dict(/*copy=*/!options.mmap).to_value();
+}
 
 Reader open(const std::string& path, const OpenOptions& options) {
   auto impl = std::make_shared<Reader::Impl>();
   impl->path = path;
   try {
-    const detail::Target target = detail::resolve(path);
-    switch (target.kind) {
-      case detail::Target::Kind::shard_index:
-        open_index(*impl, target.path, options);
-        break;
-      case detail::Target::Kind::dcp:
-        open_dcp(*impl, target.path, options);
-        break;
-      case detail::Target::Kind::file:
-        open_single(*impl, target.path, options);
-        break;
-    }
-    impl->finish();
+    open_target(*impl, detail::resolve(path, /*mmap=*/true), options);
   } catch (Error& e) {
     e.add_context(ErrorContext{path, "", std::nullopt});
     throw;
@@ -295,11 +330,6 @@ size_t Reader::read_into(const StateDict& dst) const {
   return direct;
 }
 
-StateDict Reader::state_dict(bool copy) const {
-  StateDict sd;
-  for (size_t i = 0; i < impl_->infos.size(); ++i)
-    sd.set(impl_->infos[i].name, copy ? impl_->tensors[i].clone() : impl_->tensors[i]);
-  return sd;
-}
+StateDict Reader::state_dict(bool copy) const { return impl_->state_dict(copy); }
 
 }  // namespace ckpt

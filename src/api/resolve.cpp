@@ -6,9 +6,8 @@
 #include <vector>
 
 #include "ckpt/error.hpp"
-#include "formats/dcp_reader.hpp"
+#include "formats/detect.hpp"
 #include "formats/shard_index.hpp"
-#include "io/file.hpp"
 
 namespace fs = std::filesystem;
 
@@ -20,9 +19,10 @@ bool has_suffix(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::string find_checkpoint_in_dir(const std::string& dir) {
+// The directory's single index, else its single checkpoint file, from its listing.
+std::string find_checkpoint_in_dir(const std::string& dir, const std::vector<io::DirEntry>& listing) {
   std::vector<std::string> indexes, files;
-  for (const io::DirEntry& entry : io::list_dir(dir)) {
+  for (const io::DirEntry& entry : listing) {
     if (!entry.regular) continue;
     const std::string& name = entry.name;
     if (has_suffix(name, ".index.json")) indexes.push_back((fs::path(dir) / name).string());
@@ -46,29 +46,46 @@ std::string find_checkpoint_in_dir(const std::string& dir) {
                 0, ErrorContext{dir, "", std::nullopt});
 }
 
-// dcp_dir, given what `path` is (status taken once by the caller).
-std::string dcp_dir_of(const std::string& path, const io::FileStatus& st) {
-  if (st.directory()) return formats::dcp::is_checkpoint_dir(path) ? path : "";
+// The parent directory of a `.metadata` file, or "" when `path` is no such file.
+std::string metadata_parent(const std::string& path, const io::FileStatus& st) {
   const fs::path p(path);
   if (!st.regular() || p.filename() != formats::dcp::kMetadataFile) return "";
-  std::string dir = p.parent_path().empty() ? "." : p.parent_path().string();
-  return formats::dcp::is_checkpoint_dir(dir) ? dir : "";
+  return p.parent_path().empty() ? "." : p.parent_path().string();
 }
 
 }  // namespace
 
-std::string dcp_dir(const std::string& path) { return dcp_dir_of(path, io::status(path)); }
-
-Target resolve(const std::string& path) {
+std::string dcp_dir(const std::string& path) {
   const io::FileStatus st = io::status(path);
-  if (std::string dir = dcp_dir_of(path, st); !dir.empty()) return {Target::Kind::dcp, std::move(dir)};
-  // find_checkpoint_in_dir returns a regular file; a path that is no regular
-  // file (missing, a device...) is left for the opener to report.
-  const bool in_dir = st.directory();
-  std::string target = in_dir ? find_checkpoint_in_dir(path) : path;
-  if ((in_dir || st.regular()) && formats::is_shard_index(target))
-    return {Target::Kind::shard_index, std::move(target)};
-  return {Target::Kind::file, std::move(target)};
+  if (st.directory()) return formats::dcp::is_checkpoint_dir(path) ? path : "";
+  const std::string dir = metadata_parent(path, st);
+  return !dir.empty() && formats::dcp::is_checkpoint_dir(dir) ? dir : "";
+}
+
+Target resolve(const std::string& path, bool mmap) {
+  Target out;
+  out.path = path;
+  const io::FileStatus st = io::status(path);
+  const std::string dir = st.directory() ? path : metadata_parent(path, st);
+  if (!dir.empty()) {
+    const std::vector<io::DirEntry> listing = io::list_dir(dir);
+    if (auto dcp = formats::dcp::checkpoint_dir(dir, listing)) {
+      out.kind = Target::Kind::dcp;
+      out.path = dir;
+      out.dcp = std::move(*dcp);
+      return out;
+    }
+    // find_checkpoint_in_dir returns a regular file; a path that is no
+    // regular file (missing, a device...) is left for the opener to report.
+    if (st.directory()) out.path = find_checkpoint_in_dir(dir, listing);
+  }
+  out.file = formats::open_for_load(out.path, mmap);
+  if (auto text = formats::shard_index_text(*out.file)) {
+    out.kind = Target::Kind::shard_index;
+    out.index_text = std::move(*text);
+    out.file.reset();
+  }
+  return out;
 }
 
 }  // namespace ckpt::detail

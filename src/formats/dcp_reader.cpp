@@ -129,12 +129,21 @@ bool is_checkpoint_dir(const std::string& dir) {
   }
 }
 
-std::vector<std::string> checkpoint_files(const std::string& dir) {
-  std::vector<std::string> files;
-  for (const io::DirEntry& e : io::list_dir(dir))
-    if (e.regular) files.push_back((std::filesystem::path(dir) / e.name).string());
-  std::sort(files.begin(), files.end());
-  return files;
+std::optional<CheckpointDir> checkpoint_dir(const std::string& dir, const std::vector<io::DirEntry>& listing) {
+  const bool listed = std::any_of(listing.begin(), listing.end(),
+                                  [](const io::DirEntry& e) { return e.regular && e.name == kMetadataFile; });
+  if (!listed) return std::nullopt;
+  CheckpointDir out;
+  out.metadata_bytes = read_metadata_bytes(dir);
+  if (!is_metadata(std::as_bytes(std::span<const char>(out.metadata_bytes)))) return std::nullopt;
+  out.dir = dir;
+  for (const io::DirEntry& e : listing) {
+    if (!e.regular) continue;
+    out.files.push_back((std::filesystem::path(dir) / e.name).string());
+    out.file_bytes += e.size;
+  }
+  std::sort(out.files.begin(), out.files.end());
+  return out;
 }
 
 Reader::Reader(std::string dir, const LoadOptions& options, std::string_view metadata_bytes)

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,9 +31,20 @@ std::string read_metadata_bytes(const std::string& dir);
 // An error reading `.metadata` propagates (an unreadable checkpoint must not
 // pass for a directory without one).
 bool is_checkpoint_dir(const std::string& dir);
-// The regular files of the checkpoint directory (`.metadata`, the data
-// files, anything else in it), as paths, sorted: what a load of it reads.
-std::vector<std::string> checkpoint_files(const std::string& dir);
+// A directory that holds a distributed checkpoint, as its listing and
+// `.metadata` showed it.
+struct CheckpointDir {
+  std::string dir;
+  std::string metadata_bytes;        // of `dir`/.metadata, checked by is_metadata
+  std::vector<std::string> files;    // its regular files (`.metadata`, the data files, the rest), as paths, sorted
+  uint64_t file_bytes = 0;           // their sizes summed
+};
+// `dir` as a distributed checkpoint, decided from `listing` (its entries:
+// io::list_dir) and, when the listing holds a regular `.metadata`, from that
+// file's bytes; nullopt when it is none. An error reading `.metadata`
+// propagates (an unreadable checkpoint must not pass for a directory
+// without one).
+std::optional<CheckpointDir> checkpoint_dir(const std::string& dir, const std::vector<io::DirEntry>& listing);
 
 class Reader {
  public:

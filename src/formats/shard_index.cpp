@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
 
@@ -24,28 +25,26 @@ bool valid_shard_name(const std::string& s) {
 
 // An error reading the file propagates: "cannot read" must not turn into
 // "not an index" (and then "not a checkpoint format").
-bool is_shard_index(const std::string& path) {
-  auto file = io::open_file(path);
-  if (file->size() > kMaxIndexBytes || file->size() < 2) return false;
+std::optional<std::string> shard_index_text(const io::RandomAccessFile& file) {
+  if (file.size() > kMaxIndexBytes || file.size() < 2) return std::nullopt;
   char head[64] = {};
-  size_t n = static_cast<size_t>(std::min<uint64_t>(file->size(), sizeof head));
-  file->read_at(0, {reinterpret_cast<std::byte*>(head), n});
+  size_t n = static_cast<size_t>(std::min<uint64_t>(file.size(), sizeof head));
+  file.read_at(0, {reinterpret_cast<std::byte*>(head), n});
   size_t i = 0;
   while (i < n && (head[i] == ' ' || head[i] == '\n' || head[i] == '\r' || head[i] == '\t')) ++i;
-  if (i == n || head[i] != '{') return false;
+  if (i == n || head[i] != '{') return std::nullopt;
   // JSON text holds no NUL; a safetensors file whose 8-byte header length
   // starts with 0x7b ('{') has NULs right after it.
-  if (std::memchr(head, '\0', n) != nullptr) return false;
+  if (std::memchr(head, '\0', n) != nullptr) return std::nullopt;
   // Decided by the key, not by a successful parse, so that a damaged index
-  // gets read_shard_index's error (with its byte offset) rather than
+  // gets parse_shard_index's error (with its byte offset) rather than
   // "not a checkpoint format".
-  std::string text(static_cast<size_t>(file->size()), '\0');  // at most kMaxIndexBytes, checked above
-  file->read_at(0, std::as_writable_bytes(std::span<char>(text)));
-  return text.find("\"weight_map\"") != std::string::npos;
+  std::string text = io::read_whole(file, kMaxIndexBytes);
+  if (text.find("\"weight_map\"") == std::string::npos) return std::nullopt;
+  return text;
 }
 
-ShardIndex read_shard_index(const std::string& path) {
-  std::string text = io::read_small_file(path, kMaxIndexBytes);
+ShardIndex parse_shard_index(const std::string& text, const std::string& path) {
   nlohmann::ordered_json j;
   try {
     j = nlohmann::ordered_json::parse(text);

@@ -4,9 +4,12 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "io/file.hpp"
 
 namespace ckpt::formats {
 
@@ -16,11 +19,12 @@ struct ShardIndex {
   std::map<std::string, std::string> metadata;                  // "metadata" entries as text
 };
 
-// Whether the file is a JSON object with a "weight_map" (decided from its
-// bytes, not its name; false for unreadable or non-JSON files).
-bool is_shard_index(const std::string& path);
-// Parses and validates an index: shard names must be plain file names (no
-// directories, no "..": a hostile index must not reach outside its folder).
-ShardIndex read_shard_index(const std::string& path);
+// The file's text when it is a JSON object with a "weight_map" (decided
+// from its bytes, not its name), else nullopt. Read errors propagate.
+std::optional<std::string> shard_index_text(const io::RandomAccessFile& file);
+// Parses and validates an index read from `path` (named in errors): shard
+// names must be plain file names (no directories, no "..": a hostile index
+// must not reach outside its folder).
+ShardIndex parse_shard_index(const std::string& text, const std::string& path);
 
 }  // namespace ckpt::formats

@@ -442,15 +442,15 @@ bool starts_with_legacy_magic(std::span<const std::byte> head) noexcept {
 
 Value load_torch_legacy(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,
                         pickle::Observer* observer) {
-  // The pickles are parsed from memory: map the file unless it already is memory.
-  std::shared_ptr<io::RandomAccessFile> mem = file->memory() ? file : io::map_file(file->name());
+  // The pickles are parsed from memory: the file as memory (mapped, not reopened by name).
+  std::shared_ptr<io::RandomAccessFile> mem = io::as_memory(file);
   std::span<const std::byte> bytes(mem->memory(), mem->size());
   return load_multi_pickle(*mem, bytes, options, observer);
 }
 
 Value load_torch_tar(const std::shared_ptr<io::RandomAccessFile>& file, const LoadOptions& options,
                      pickle::Observer* observer) {
-  std::shared_ptr<io::RandomAccessFile> mem = file->memory() ? file : io::map_file(file->name());
+  std::shared_ptr<io::RandomAccessFile> mem = io::as_memory(file);
   std::span<const std::byte> bytes(mem->memory(), mem->size());
   return load_tar(*mem, bytes, options, observer);
 }

@@ -60,6 +60,8 @@ int open_readonly(const std::string& path, uint64_t& size) {
   return holder.release();
 }
 
+std::shared_ptr<RandomAccessFile> map_fd(int fd, uint64_t size, const std::string& path);
+
 class PosixRandomAccessFile final : public RandomAccessFile {
   // At most the smallest readahead window Linux uses after FADV_SEQUENTIAL
   // (2 x 128 KiB), so that the windows of consecutive calls leave no gap.
@@ -117,6 +119,7 @@ class PosixRandomAccessFile final : public RandomAccessFile {
       done += static_cast<size_t>(n);
     }
   }
+  std::shared_ptr<RandomAccessFile> to_memory() const override { return map_fd(fd_, size_, path_); }
 
  private:
   std::string path_;
@@ -169,6 +172,11 @@ class SliceFile final : public RandomAccessFile {
     return m ? m + offset_ : nullptr;
   }
   std::shared_ptr<const void> keepalive() const override { return parent_->keepalive(); }
+  std::shared_ptr<RandomAccessFile> to_memory() const override {
+    std::shared_ptr<RandomAccessFile> whole = as_memory(parent_);
+    const std::byte* base = whole->memory() + offset_;
+    return std::make_shared<MemoryFile>(std::span<const std::byte>(base, length_), std::move(whole), name_);
+  }
 
  private:
   std::shared_ptr<RandomAccessFile> parent_;
@@ -261,12 +269,10 @@ std::string temp_name_for(const std::string& path) {
   return (p.parent_path() / name).string();
 }
 
-std::shared_ptr<RandomAccessFile> posix_map(const std::string& path) {
-  uint64_t size = 0;
-  FdHolder fd(open_readonly(path, size));
+std::shared_ptr<RandomAccessFile> map_fd(int fd, uint64_t size, const std::string& path) {
   auto mapping = std::make_shared<Mapping>();
   if (size > 0) {
-    void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+    void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (addr == MAP_FAILED) throw_errno("cannot map", path, errno);
     mapping->addr = addr;
     mapping->len = size;
@@ -275,6 +281,12 @@ std::shared_ptr<RandomAccessFile> posix_map(const std::string& path) {
   static const std::byte kEmpty[1] = {};
   return std::make_shared<MemoryFile>(std::span<const std::byte>(size ? base : kEmpty, size),
                                       std::move(mapping), path);
+}
+
+std::shared_ptr<RandomAccessFile> posix_map(const std::string& path) {
+  uint64_t size = 0;
+  FdHolder fd(open_readonly(path, size));
+  return map_fd(fd.get(), size, path);
 }
 
 std::atomic<Env*> g_default_env{nullptr};
@@ -379,12 +391,15 @@ std::string read_small_file(const std::string& path, uint64_t limit) {
 }
 
 std::string read_small_file(Env& env, const std::string& path, uint64_t limit) {
-  auto file = env.open_for_read(path, ReadMode::random);
-  if (file->size() > limit)
-    throw LimitError("the file is " + std::to_string(file->size()) + " bytes; the limit is " + std::to_string(limit),
-                     ErrorContext{path, "", std::nullopt});
-  std::string text(static_cast<size_t>(file->size()), '\0');
-  file->read_at(0, std::as_writable_bytes(std::span<char>(text)));
+  return read_whole(*env.open_for_read(path, ReadMode::random), limit);
+}
+
+std::string read_whole(const RandomAccessFile& file, uint64_t limit) {
+  if (file.size() > limit)
+    throw LimitError("the file is " + std::to_string(file.size()) + " bytes; the limit is " + std::to_string(limit),
+                     ErrorContext{file.name(), "", std::nullopt});
+  std::string text(static_cast<size_t>(file.size()), '\0');
+  file.read_at(0, std::as_writable_bytes(std::span<char>(text)));
   return text;
 }
 
@@ -403,6 +418,17 @@ std::shared_ptr<RandomAccessFile> open_file_to_read_whole(const std::string& pat
 
 std::shared_ptr<RandomAccessFile> map_file(const std::string& path) {
   return default_env().open_for_read(path, ReadMode::mmap);
+}
+
+std::shared_ptr<RandomAccessFile> RandomAccessFile::to_memory() const {
+  auto buffer = std::make_shared<std::vector<std::byte>>(static_cast<size_t>(size()));
+  read_at_parallel(*this, 0, *buffer);
+  const std::span<const std::byte> bytes(*buffer);
+  return memory_file(bytes, std::move(buffer), name());
+}
+
+std::shared_ptr<RandomAccessFile> as_memory(const std::shared_ptr<RandomAccessFile>& file) {
+  return file->memory() ? file : file->to_memory();
 }
 
 std::shared_ptr<RandomAccessFile> memory_file(std::span<const std::byte> bytes,

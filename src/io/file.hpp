@@ -35,7 +35,16 @@ class RandomAccessFile {
   // otherwise. Views into it stay valid while keepalive() is held.
   virtual const std::byte* memory() const { return nullptr; }
   virtual std::shared_ptr<const void> keepalive() const { return nullptr; }
+  // This same file as memory (io::as_memory): an open file maps its own
+  // descriptor, a slice views its parent's memory; the default reads the
+  // whole file into a buffer through read_at.
+  virtual std::shared_ptr<RandomAccessFile> to_memory() const;
 };
+
+// `file` when it is memory already, else file->to_memory(): for parsers that
+// need the bytes at once (the legacy formats' pickles). Never reopens the
+// file by name.
+std::shared_ptr<RandomAccessFile> as_memory(const std::shared_ptr<RandomAccessFile>& file);
 
 // f.read_at(offset, dst), with a large read (8 MiB and more) split into
 // pieces of at least 4 MiB read by up to min(hardware threads, 4) threads. A copying load of
@@ -72,6 +81,8 @@ class Env;
 // LimitError naming `path` when it holds more than `limit` bytes.
 std::string read_small_file(const std::string& path, uint64_t limit);
 std::string read_small_file(Env& env, const std::string& path, uint64_t limit);
+// The whole of an open small file (LimitError naming it past `limit`).
+std::string read_whole(const RandomAccessFile& file, uint64_t limit);
 
 class WritableFile {
  public:

@@ -131,3 +131,43 @@ TEST(IoHelpers, AFileThatShrinksUnderAReadIsAFormatError) {
     EXPECT_EQ(e.context().offset, std::optional<uint64_t>(100));
   }
 }
+
+// io::as_memory: the open file itself as memory, never the path reopened
+// (the path may name another file by now).
+TEST(IoHelpers, AsMemoryMapsTheOpenFileNotItsName) {
+  ckpt::testing::TempDir dir;
+  const std::string f = dir.path() + "/a.bin";
+  const auto data = pattern(10000);
+  ckpt::testing::write_file(f, std::string(reinterpret_cast<const char*>(data.data()), data.size()));
+  auto file = io::open_file(f);
+  ASSERT_EQ(file->memory(), nullptr);
+  // The name now names another file.
+  ASSERT_EQ(::unlink(f.c_str()), 0);
+  ckpt::testing::write_file(f, "other");
+  auto mem = io::as_memory(file);
+  ASSERT_NE(mem->memory(), nullptr);
+  ASSERT_EQ(mem->size(), data.size());
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), mem->memory()));
+  EXPECT_EQ(mem->name(), f);
+  EXPECT_EQ(io::as_memory(mem), mem);  // memory already: itself
+
+  // A slice of a pread file: its own bytes, under its own name.
+  auto slice = io::slice_file(file, 1000, 300, "rec");
+  auto smem = io::as_memory(slice);
+  ASSERT_EQ(smem->size(), 300u);
+  EXPECT_TRUE(std::equal(data.begin() + 1000, data.begin() + 1300, smem->memory()));
+  EXPECT_EQ(smem->name(), "rec");
+
+  // A file that is neither (the default): read whole through read_at.
+  struct Plain final : io::RandomAccessFile {
+    std::shared_ptr<io::RandomAccessFile> base;
+    const std::string& name() const override { return base->name(); }
+    uint64_t size() const override { return base->size(); }
+    void read_at(uint64_t off, std::span<std::byte> dst) const override { base->read_at(off, dst); }
+  };
+  auto plain = std::make_shared<Plain>();
+  plain->base = file;
+  auto pmem = io::as_memory(plain);
+  ASSERT_NE(pmem->memory(), nullptr);
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), pmem->memory()));
+}
