@@ -68,10 +68,17 @@ std::atomic<bool>& huge_pages_state() {
 }
 
 // A 2 MiB-aligned anonymous mapping of at least `nbytes`, advised
-// MADV_HUGEPAGE, or nullptr (the caller falls back to the heap).
+// MADV_HUGEPAGE, or nullptr (the caller falls back to the heap). The mapping
+// ends at the next 2 MiB boundary only when that wastes at most 1/16 of
+// `nbytes`; otherwise at the next 4 KiB one, so that its last partial 2 MiB
+// is faulted in 4 KiB pages (the kernel puts a huge page only where the
+// mapping covers all of it). Rounding every storage up to 2 MiB cost ~1 MiB
+// per tensor: 1.14x the tensor bytes in peak RSS for a 291-tensor LLM.
 std::byte* map_huge(size_t nbytes, size_t* mapped_len) {
   if (nbytes > SIZE_MAX - 2 * kHugePage) return nullptr;
-  const size_t len = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
+  constexpr size_t kPage = 4096;
+  const size_t huge_len = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
+  const size_t len = huge_len - nbytes <= nbytes / 16 ? huge_len : (nbytes + kPage - 1) / kPage * kPage;
   void* raw = ::mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) return nullptr;
   const auto base = reinterpret_cast<uintptr_t>(raw);
