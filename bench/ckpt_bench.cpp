@@ -22,6 +22,8 @@
 //                         included; huge: madvise(MADV_HUGEPAGE) on the buffer first
 //   memcpy MIB            memcpy of MIB MiB between two faulted-in buffers
 //   write OUT MIB [fsync] sequential write() of MIB MiB in 8 MiB blocks (+ fsync)
+//   pwrite OUT MIB THREADS  the same MIB MiB split into THREADS ranges, each written with
+//                         pwrite() by its own thread (what parallel record writes could reach)
 //   crc32 MIB             CRC-32 of MIB MiB with ISA-L (the library ckpt uses) and libdeflate
 //
 // --cold: posix_fadvise(DONTNEED) on FILE before every rep (the page cache
@@ -40,6 +42,8 @@
 #include <isa-l/crc.h>
 #include <libdeflate.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -49,6 +53,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench_util.hpp"
@@ -125,6 +130,31 @@ void write_file(const std::string& out, const std::vector<std::byte>& buf, uint6
   }
   if (sync && ::fsync(fd) != 0) throw std::runtime_error("fsync failed on " + out);
   ::close(fd);
+}
+
+// `total` bytes of `buf` (repeated) written by `threads` threads, each pwrite()ing its own range.
+void pwrite_file(const std::string& out, const std::vector<std::byte>& buf, uint64_t total, int threads) {
+  int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw std::runtime_error("cannot create " + out);
+  if (::ftruncate(fd, static_cast<off_t>(total)) != 0) throw std::runtime_error("cannot size " + out);
+  const uint64_t piece = total / static_cast<uint64_t>(threads);
+  std::vector<std::thread> pool;
+  std::atomic<bool> failed{false};
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      uint64_t off = piece * static_cast<uint64_t>(t);
+      const uint64_t end = t == threads - 1 ? total : off + piece;
+      while (off < end && !failed) {
+        size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), end - off));
+        ssize_t w = ::pwrite(fd, buf.data(), n, static_cast<off_t>(off));
+        if (w <= 0) failed = true;
+        else off += static_cast<uint64_t>(w);
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  ::close(fd);
+  if (failed) throw std::runtime_error("pwrite failed on " + out);
 }
 
 int run(const bench::Command& c) {
@@ -226,6 +256,15 @@ int run(const bench::Command& c) {
     const bool sync = flag(2, "fsync");
     repeat(r, reps, nullptr, [&](bool last) {
       write_file(arg(0), buf, r.bytes, sync);
+      if (last) r.snapshot();
+    });
+    r.check = file_size(arg(0));
+  } else if (op == "pwrite") {
+    r.bytes = std::stoull(arg(1)) * mib;
+    const int threads = std::max(1, std::stoi(arg(2)));
+    auto buf = faulted(8 * mib, 3);
+    repeat(r, reps, nullptr, [&](bool last) {
+      pwrite_file(arg(0), buf, r.bytes, threads);
       if (last) r.snapshot();
     });
     r.check = file_size(arg(0));
