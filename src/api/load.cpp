@@ -3,6 +3,8 @@
 // (a shard index) or the DCP reader.
 #include "ckpt/load.hpp"
 
+#include <utility>
+
 #include "api/open_internal.hpp"
 #include "api/resolve.hpp"
 #include "ckpt/error.hpp"
@@ -27,8 +29,13 @@ Value load_path(const std::string& path, const LoadOptions& options, LoadReport&
       out.files = target.dcp.files;
       out.file_bytes = target.dcp.file_bytes;
       return formats::dcp::Reader(target.dcp.dir, options, target.dcp.metadata_bytes).consolidate();
-    case detail::Target::Kind::shard_index:
-      return detail::load_shard_index(target, options, out);
+    case detail::Target::Kind::shard_index: {
+      detail::ShardIndexLoad loaded = detail::load_shard_index(target, options);
+      out.format = loaded.format;
+      out.files = std::move(loaded.files);
+      out.file_bytes = loaded.file_bytes;
+      return std::move(loaded.state_dict);
+    }
     case detail::Target::Kind::file:
       break;
   }

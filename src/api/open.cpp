@@ -205,7 +205,7 @@ void open_target(Reader::Impl& impl, const detail::Target& target, const OpenOpt
 
 }  // namespace
 
-Value detail::load_shard_index(const Target& target, const LoadOptions& options, LoadReport& report) {
+detail::ShardIndexLoad detail::load_shard_index(const Target& target, const LoadOptions& options) {
   Reader::Impl impl;
   impl.path = target.path;
   OpenOptions o = options;
@@ -216,10 +216,7 @@ Value detail::load_shard_index(const Target& target, const LoadOptions& options,
     e.add_context(ErrorContext{target.path, "", std::nullopt});
     throw;
   }
-  report.format = impl.format;
-  report.files = impl.files;
-  report.file_bytes = impl.file_bytes;
-  return impl.state_dict(/*copy=*/!options.mmap).to_value();
+  return {impl.state_dict(/*copy=*/!options.mmap).to_value(), impl.format, impl.files, impl.file_bytes};
 }
 
 Reader open(const std::string& path, const OpenOptions& options) {

@@ -3,15 +3,22 @@
 // resolved and read a second time).
 #pragma once
 
+#include <cstdint>
+#include <string>
+#include <vector>
+
 #include "api/resolve.hpp"
-#include "ckpt/load.hpp"
+#include "ckpt/options.hpp"
 #include "ckpt/value.hpp"
 
 namespace ckpt::detail {
 
-// The index's tensors as a state dict (copies unless options.mmap; the key
-// is not applied), with the report filled (format of the first shard, the
-// shards in index order, their sizes summed).
-Value load_shard_index(const Target& target, const LoadOptions& options, LoadReport& report);
+struct ShardIndexLoad {
+  Value state_dict;                // copies unless options.mmap; the key is not applied
+  Format format = Format::unknown;  // of the first shard
+  std::vector<std::string> files;  // the shards, in index order
+  uint64_t file_bytes = 0;         // their sizes summed
+};
+ShardIndexLoad load_shard_index(const Target& target, const LoadOptions& options);
 
 }  // namespace ckpt::detail
