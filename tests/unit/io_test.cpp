@@ -171,3 +171,37 @@ TEST(IoHelpers, AsMemoryMapsTheOpenFileNotItsName) {
   ASSERT_NE(pmem->memory(), nullptr);
   EXPECT_TRUE(std::equal(data.begin(), data.end(), pmem->memory()));
 }
+
+// A file opened to be read whole serves small reads from a window of the
+// file: any pattern of reads (forward, backward, straddling the window's
+// end, at the file's end, large and small mixed) returns the file's bytes.
+TEST(IoHelpers, AWholeReadFileReturnsTheBytesForAnyPatternOfReads) {
+  ckpt::testing::TempDir dir;
+  const std::string f = dir.path() + "/w.bin";
+  const auto data = pattern((size_t{3} << 20) + 1234);
+  ckpt::testing::write_file(f, std::string(reinterpret_cast<const char*>(data.data()), data.size()));
+  auto file = io::open_file_to_read_whole(f);
+  uint32_t x = 12345;
+  const auto next = [&] {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return x;
+  };
+  for (int i = 0; i < 5000; ++i) {
+    const size_t len = i % 7 == 0 ? next() % (size_t{200} << 10) : next() % 5000;
+    const size_t off = i % 11 == 0 ? data.size() - std::min(len, data.size()) : next() % (data.size() - len + 1);
+    std::vector<std::byte> got(len);
+    file->read_at(off, got);
+    ASSERT_TRUE(std::equal(got.begin(), got.end(), data.begin() + static_cast<ptrdiff_t>(off)))
+        << "read " << i << ": " << len << " bytes at " << off;
+  }
+  // Sequential small records, as a zip of small tensors is read.
+  for (size_t off = 0; off + 100 <= data.size(); off += 2100) {
+    std::vector<std::byte> got(100);
+    file->read_at(off, got);
+    ASSERT_TRUE(std::equal(got.begin(), got.end(), data.begin() + static_cast<ptrdiff_t>(off))) << off;
+  }
+  std::vector<std::byte> one(1);
+  EXPECT_THROW(file->read_at(data.size(), one), FormatError);
+}
