@@ -199,9 +199,11 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
                             std::to_string(data_offset) + ") passes the end of the file (" + std::to_string(size) + " bytes)",
                         where);
     }
-    if (!by_name_.emplace(e.name, entries_.size()).second)
-      throw FormatError("damaged zip archive: duplicate entry name", where);
+    // The index keys view the names in entries_, which was reserved for
+    // `count` entries above and so never moves them.
     entries_.push_back(std::move(e));
+    if (!by_name_.emplace(entries_.back().name, entries_.size() - 1).second)
+      throw FormatError("damaged zip archive: duplicate entry name", where);
   }
 
   // Case-insensitive index (torch's lookups ignore case), built only when a
@@ -292,7 +294,10 @@ std::vector<const Entry*> ZipReader::find_all_icase(std::string_view name) const
 }
 
 const Entry* ZipReader::find_torch(std::string_view name) const {
-  if (by_folded_.empty()) return find(fold_case(name));
+  if (by_folded_.empty()) {
+    const bool lower = std::none_of(name.begin(), name.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
+    return lower ? find(name) : find(fold_case(name));
+  }
   auto all = find_all_icase(name);
   if (all.empty()) return nullptr;
   if (all.size() > 1)
@@ -303,7 +308,7 @@ const Entry* ZipReader::find_torch(std::string_view name) const {
 }
 
 const Entry* ZipReader::find(std::string_view name) const noexcept {
-  auto it = by_name_.find(std::string(name));
+  auto it = by_name_.find(name);
   return it == by_name_.end() ? nullptr : &entries_[it->second];
 }
 

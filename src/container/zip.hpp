@@ -70,6 +70,10 @@ class ZipReader {
   // Throws ckpt::FormatError: "not a zip file" when no end record is found,
   // otherwise a message naming the damaged structure and its offset.
   explicit ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits limits = {});
+  ZipReader(const ZipReader&) = delete;
+  ZipReader& operator=(const ZipReader&) = delete;
+  ZipReader(ZipReader&&) noexcept = default;
+  ZipReader& operator=(ZipReader&&) noexcept = default;
 
   const std::vector<Entry>& entries() const noexcept { return entries_; }
   const Entry* find(std::string_view name) const noexcept;
@@ -112,7 +116,9 @@ class ZipReader {
   std::shared_ptr<io::RandomAccessFile> file_;
   ReaderLimits limits_;
   std::vector<Entry> entries_;
-  std::unordered_map<std::string, size_t> by_name_;
+  // Name -> index; the keys view entries_[i].name (no second copy of every
+  // name, no allocation per lookup), so a ZipReader is not copyable.
+  std::unordered_map<std::string_view, size_t> by_name_;
   std::unordered_multimap<std::string, size_t> by_folded_;  // lower-cased name -> index (empty: all lower case)
   // Per entry: where the next thing in the file (the next entry's local
   // header, or the central directory) starts, and that entry's index
