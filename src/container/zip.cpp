@@ -174,19 +174,20 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
       xp += 4 + len;
     }
     pos += kCentralHeaderSize + name_len + extra_len + comment_len;
-    ErrorContext where{name, e.name, here};
-    if (e.flags & 0x1) throw UnsupportedError("encrypted zip entries are not supported", where);
+    // Built only for an error: two string copies per entry otherwise.
+    const auto where = [&] { return ErrorContext{name, e.name, here}; };
+    if (e.flags & 0x1) throw UnsupportedError("encrypted zip entries are not supported", where());
     if (e.method != 0 && e.method != 8)
-      throw UnsupportedError("zip compression method " + std::to_string(e.method) + " is not supported (only stored and deflate)", where);
+      throw UnsupportedError("zip compression method " + std::to_string(e.method) + " is not supported (only stored and deflate)", where());
     if (e.method == 0 && e.compressed_size != e.uncompressed_size)
       throw FormatError("damaged zip archive: stored entry has compressed size " + std::to_string(e.compressed_size) +
                             " but uncompressed size " + std::to_string(e.uncompressed_size),
-                        where);
+                        where());
     // The local header is read lazily (data_offset()); here only what the
     // central directory alone proves: the header's fixed part lies in the
     // file, and so does the payload at its earliest possible start.
     if (e.local_header_offset > size || size - e.local_header_offset < kLocalHeaderSize)
-      throw FormatError("damaged zip archive: local header lies outside the file", where);
+      throw FormatError("damaged zip archive: local header lies outside the file", where());
     if (e.compressed_size > size - e.local_header_offset - kLocalHeaderSize) {
       // Damaged whatever the local header says; it is read only for the
       // message (and its own damage, reported first as before).
@@ -197,11 +198,12 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
       const uint64_t data_offset = e.local_header_offset + kLocalHeaderSize + u16(lh + 26) + u16(lh + 28);
       throw FormatError("damaged zip archive: entry data (" + std::to_string(e.compressed_size) + " bytes at offset " +
                             std::to_string(data_offset) + ") passes the end of the file (" + std::to_string(size) + " bytes)",
-                        where);
+                        where());
     }
-    if (!by_name_.emplace(e.name, entries_.size()).second)
-      throw FormatError("damaged zip archive: duplicate entry name", where);
+    if (by_name_.count(e.name) != 0) throw FormatError("damaged zip archive: duplicate entry name", where());
     entries_.push_back(std::move(e));
+    // Keyed by a view of the name in entries_, which reserve(count) keeps in place.
+    by_name_.emplace(entries_.back().name, entries_.size() - 1);
   }
 
   // Case-insensitive index (torch's lookups ignore case), built only when a
@@ -222,18 +224,18 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
   std::sort(order.begin(), order.end());
   bounds_.assign(entries_.size(), Bound{cd_offset, kNoNext});
   uint64_t prev_end = 0;
-  std::string prev_name;
+  const std::string* prev_name = nullptr;
   for (size_t k = 0; k < order.size(); ++k) {
     const auto& [off, i] = order[k];
     const Entry& e = entries_[i];
     if (off < prev_end)
-      throw FormatError("damaged zip archive: entry overlaps '" + prev_name + "'", ErrorContext{name, e.name, off});
+      throw FormatError("damaged zip archive: entry overlaps '" + *prev_name + "'", ErrorContext{name, e.name, off});
     prev_end = off + kLocalHeaderSize + e.compressed_size;  // no overflow: both checked against the file size
-    prev_name = e.name;
+    prev_name = &e.name;
     if (k + 1 < order.size()) bounds_[i] = Bound{order[k + 1].first, order[k + 1].second};
   }
   if (prev_end > cd_offset)
-    throw FormatError("damaged zip archive: entry data overlaps the central directory", ErrorContext{name, prev_name, cd_offset});
+    throw FormatError("damaged zip archive: entry data overlaps the central directory", ErrorContext{name, *prev_name, cd_offset});
   data_offsets_ = std::make_unique<std::atomic<uint64_t>[]>(entries_.size());
 }
 
@@ -292,7 +294,10 @@ std::vector<const Entry*> ZipReader::find_all_icase(std::string_view name) const
 }
 
 const Entry* ZipReader::find_torch(std::string_view name) const {
-  if (by_folded_.empty()) return find(fold_case(name));
+  if (by_folded_.empty()) {
+    const bool upper = std::any_of(name.begin(), name.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
+    return upper ? find(fold_case(name)) : find(name);  // no copy when folding changes nothing
+  }
   auto all = find_all_icase(name);
   if (all.empty()) return nullptr;
   if (all.size() > 1)
@@ -303,7 +308,7 @@ const Entry* ZipReader::find_torch(std::string_view name) const {
 }
 
 const Entry* ZipReader::find(std::string_view name) const noexcept {
-  auto it = by_name_.find(std::string(name));
+  auto it = by_name_.find(name);
   return it == by_name_.end() ? nullptr : &entries_[it->second];
 }
 

@@ -112,7 +112,7 @@ class ZipReader {
   std::shared_ptr<io::RandomAccessFile> file_;
   ReaderLimits limits_;
   std::vector<Entry> entries_;
-  std::unordered_map<std::string, size_t> by_name_;
+  std::unordered_map<std::string_view, size_t> by_name_;  // views of entries_[i].name
   std::unordered_multimap<std::string, size_t> by_folded_;  // lower-cased name -> index (empty: all lower case)
   // Per entry: where the next thing in the file (the next entry's local
   // header, or the central directory) starts, and that entry's index
