@@ -39,10 +39,10 @@ class StorageLoader {
         options_(options),
         pkl_(info.prefix + "/" + pickle_record),
         dir_(info.prefix + "/" + storage_dir + "/") {
-    // One storage per record at most: no rehash while a file of 100,000
-    // tensors loads (each rehash of a large table is a large allocation,
-    // and with glibc each one consolidates the fast bins).
-    cache_.reserve(zip.entries().size());
+    // One slot per record, indexed by its position in the archive: a file
+    // of 100,000 tensors costs no hash table of keys (a node and a lookup
+    // per tensor were a tenth of its open time).
+    by_entry_.resize(zip.entries().size());
   }
 
   Value operator()(const Value& pid, uint64_t offset) {
@@ -83,18 +83,31 @@ class StorageLoader {
     if (!t[4].is_int() || t[4].as_int() < 0) throw fail("storage size is not a non-negative int");
     const std::string& key = t[2].as_string();
 
-    auto it = cache_.find(key);
-    if (it != cache_.end()) {
-      if (it->second.dtype != dtype)
-        throw fail("storage '" + key + "' is referenced as " + std::string(name(it->second.dtype)) +
-                   " and as " + std::string(name(dtype)));
-      return Value(it->second);
+    // torch keeps one storage per key. A key whose record name is the
+    // entry's name exactly is the only key for that entry: its storage is
+    // kept in the entry's slot. Other keys (another letter case than the
+    // record's) go to a map by key, so that two spellings of one record stay
+    // two storages, as in torch.
+    record_name_.assign(dir_).append(key);
+    const zip::Entry* e = zip_.find_torch(record_name_);
+    Value* slot = nullptr;
+    if (e != nullptr && e->name == record_name_) {
+      slot = &by_entry_[static_cast<size_t>(e - zip_.entries().data())];
+    } else {
+      auto it = by_key_.find(key);
+      if (it != by_key_.end()) slot = &it->second;
+    }
+    if (slot != nullptr && !slot->is_none()) {
+      const DType cached = slot->as_storage().dtype;
+      if (cached != dtype)
+        throw fail("storage '" + key + "' is referenced as " + std::string(name(cached)) + " and as " +
+                   std::string(name(dtype)));
+      return *slot;  // the same storage, shared (no copy)
     }
 
     const uint64_t numel = static_cast<uint64_t>(t[4].as_int());
     const uint64_t nbytes = checked_mul_size(numel, itemsize(dtype), "storage size");
-    const std::string record_name = dir_ + key;
-    const zip::Entry* e = zip_.find_torch(record_name);
+    const std::string& record_name = record_name_;
     if (e == nullptr) throw fail("storage record '" + record_name + "' is missing from the archive");
     if (storages_out) storages_out->push_back(e);
     if (e->uncompressed_size != nbytes)
@@ -115,8 +128,10 @@ class StorageLoader {
       sv.storage = read_storage(*e);
       if (swap) byteswap_dtype_elements(sv.storage.mutable_data(), sv.storage.nbytes(), dtype);
     }
-    cache_.emplace(key, sv);
-    return Value(std::move(sv));
+    Value v(std::move(sv));
+    if (slot != nullptr) *slot = v;
+    else by_key_.emplace(key, v);
+    return v;
   }
 
  private:
@@ -125,7 +140,9 @@ class StorageLoader {
   const LoadOptions& options_;
   std::string pkl_;
   std::string dir_;
-  std::unordered_map<std::string, StorageValue> cache_;
+  std::vector<Value> by_entry_;  // per zip entry: its storage once read (None before)
+  std::unordered_map<std::string, Value> by_key_;  // keys that are not their record's exact name
+  std::string record_name_;      // dir_ + key, reused
 
  public:
   std::vector<const zip::Entry*>* storages_out = nullptr;
@@ -244,7 +261,10 @@ Value unpickle_record(const zip::ZipReader& zip, const TorchZipInfo& info, const
   const std::string pkl_name = pickle_entry ? pickle_entry->name : info.prefix + "/" + pickle_record;
   const zip::Entry* pkl = pickle_entry ? pickle_entry : zip.find_torch(pkl_name);
   if (pkl == nullptr) throw FormatError("archive has no " + pickle_record + " record", {file, pkl_name});
-  Storage pkl_bytes = zip.read(*pkl);
+  // With mmap the pickle is parsed where it lies in the mapped file (as the
+  // tensors are viewed there): no copy of a 10 MB data.pkl to fault in.
+  const bool view = options.mmap && pkl->method == 0 && zip.file().memory() != nullptr;
+  Storage pkl_bytes = view ? zip.view(*pkl) : zip.read(*pkl);
 
   StorageLoader loader(zip, info, options, pickle_record, storage_dir);
   loader.storages_out = storages_out;
