@@ -239,7 +239,9 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
   data_offsets_ = std::make_unique<std::atomic<uint64_t>[]>(entries_.size());
 }
 
-uint64_t ZipReader::data_offset(const Entry& e) const {
+uint64_t ZipReader::data_offset(const Entry& e) const { return data_offset(e, {}); }
+
+uint64_t ZipReader::data_offset(const Entry& e, std::span<const std::byte> header) const {
   size_t index;
   if (!entries_.empty() && &e >= entries_.data() && &e < entries_.data() + entries_.size()) {
     index = static_cast<size_t>(&e - entries_.data());
@@ -251,25 +253,29 @@ uint64_t ZipReader::data_offset(const Entry& e) const {
   }
   uint64_t off = data_offsets_[index].load(std::memory_order_relaxed);
   if (off != 0) return off;
-  off = resolve_data_offset(index);
+  off = resolve_data_offset(index, header);
   data_offsets_[index].store(off, std::memory_order_relaxed);  // racing resolvers store the same value
   return off;
 }
 
-uint64_t ZipReader::resolve_data_offset(size_t index) const {
+uint64_t ZipReader::resolve_data_offset(size_t index, std::span<const std::byte> header) const {
   const Entry& e = entries_[index];
   const std::string& name = file_->name();
   const uint64_t size = file_->size();
-  ErrorContext where{name, e.name, e.local_header_offset};
+  const auto where = [&] { return ErrorContext{name, e.name, e.local_header_offset}; };  // only for errors
   // The constructor checked that the header's fixed part lies in the file.
-  std::byte lh[kLocalHeaderSize];
-  file_->read_at(e.local_header_offset, lh);
-  if (u32(lh) != kLocalSig) throw FormatError("damaged zip archive: local header signature is wrong", where);
+  std::byte read[kLocalHeaderSize];
+  const std::byte* lh = header.data();
+  if (header.size() < kLocalHeaderSize) {
+    file_->read_at(e.local_header_offset, read);
+    lh = read;
+  }
+  if (u32(lh) != kLocalSig) throw FormatError("damaged zip archive: local header signature is wrong", where());
   const uint64_t data_offset = e.local_header_offset + kLocalHeaderSize + u16(lh + 26) + u16(lh + 28);
   if (data_offset > size || e.compressed_size > size - data_offset)
     throw FormatError("damaged zip archive: entry data (" + std::to_string(e.compressed_size) + " bytes at offset " +
                           std::to_string(data_offset) + ") passes the end of the file (" + std::to_string(size) + " bytes)",
-                      where);
+                      where());
   const Bound& b = bounds_[index];
   if (data_offset + e.compressed_size > b.end) {
     if (b.next == kNoNext)

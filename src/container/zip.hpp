@@ -89,6 +89,11 @@ class ZipReader {
   // damaged or the payload passes the end of the file or overlaps the next
   // entry or the central directory. `e` must be one of entries().
   uint64_t data_offset(const Entry& e) const;
+  // The same, from the local header's bytes when the caller has already read
+  // them: `header` starts at e.local_header_offset and holds at least
+  // kLocalHeaderSize bytes (else it is read here, as above).
+  uint64_t data_offset(const Entry& e, std::span<const std::byte> header) const;
+  static constexpr size_t kLocalHeaderSize = 30;  // a local header's fixed part
 
   // The entry's bytes in owned, 64-byte aligned memory.
   Storage read(const Entry& e, Storage::HugePages huge = Storage::HugePages::on) const;
@@ -108,7 +113,7 @@ class ZipReader {
   // Throws LimitError when a deflated entry claims more than deflate can
   // produce from its compressed size or more than limits_ allow.
   void check_inflated_size(const Entry& e, uint64_t data_offset) const;
-  uint64_t resolve_data_offset(size_t index) const;
+  uint64_t resolve_data_offset(size_t index, std::span<const std::byte> header) const;
   std::shared_ptr<io::RandomAccessFile> file_;
   ReaderLimits limits_;
   std::vector<Entry> entries_;
