@@ -124,8 +124,10 @@ class StorageLoader {
     sv.dtype = dtype;
     sv.device = options_.map_location.apply(t[3].as_string());
     const bool swap = info_.byteorder == "big" && itemsize(dtype) > 1;
-    const bool aligned = zip_.data_offset(*e) % std::max<size_t>(itemsize(dtype), 1) == 0;
-    if (options_.mmap && !swap && e->method == 0 && aligned && zip_.file().memory() != nullptr) {
+    // The data offset (its local header) is looked up here only for a view;
+    // a copy finds it as it reads (read_windowed: no read of its own).
+    const auto aligned = [&] { return zip_.data_offset(*e) % std::max<size_t>(itemsize(dtype), 1) == 0; };
+    if (options_.mmap && !swap && e->method == 0 && zip_.file().memory() != nullptr && aligned()) {
       sv.storage = zip_.view(*e);
     } else {
       sv.storage = read_storage(*e);
