@@ -514,7 +514,18 @@ class Machine final : public CallContext {
     }
     return v;
   }
-  Value new_tuple(List items) { return track(Value::tuple(std::move(items))); }
+  Value new_tuple(List items) {
+    // A tuple of leaves only (ints, strings, tensors, storages...) never
+    // holds a container, now or later (no opcode changes a tuple): it is in
+    // no cycle and freeing it never recurses, so it stays out of the arena.
+    // A state dict's persistent ids, sizes and strides are such tuples
+    // (three per tensor). Charged as any other tuple.
+    const bool leaves =
+        std::none_of(items.begin(), items.end(), [](const Value& x) { return x.container_id() != nullptr; });
+    if (!leaves) return track(Value::tuple(std::move(items)));
+    charge(kSequenceCost);
+    return Value::tuple(std::move(items));
+  }
 
   // ---- memo
   Value* memo_find(uint64_t index) {
