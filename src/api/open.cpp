@@ -31,9 +31,13 @@ struct Reader::Impl {
   std::vector<std::string> files;
   std::vector<TensorInfo> infos;
   std::vector<Tensor> tensors;  // parallel to infos
-  // Names (views into `infos`, which no longer changes once built) ->
-  // position; built once by finish(): no per-tensor key copy.
-  std::unordered_map<std::string_view, size_t> index;
+  // Names -> position in `infos`: an open-addressing table of positions + 1
+  // (0: empty), a power of two at most half full, built once by finish();
+  // names are compared in `infos`, which no longer changes. No key copy and
+  // no node per tensor (a hash map's 100,000 nodes were allocated at open
+  // and freed with the Reader).
+  std::vector<size_t> index;
+  static constexpr size_t npos = static_cast<size_t>(-1);
   std::map<std::string, std::string> metadata;
   uint64_t nbytes = 0;
   uint64_t file_bytes = 0;  // the sizes of `files`, summed
@@ -77,12 +81,30 @@ struct Reader::Impl {
 
   // The name index, once every tensor is in; a name seen twice is refused.
   void finish() {
-    index.reserve(infos.size());
+    size_t slots = 16;
+    while (slots < 2 * infos.size()) slots *= 2;
+    index.assign(slots, 0);
     for (size_t i = 0; i < infos.size(); ++i) {
       const TensorInfo& info = infos[i];
-      if (!index.emplace(info.name, i).second)
+      size_t& slot = index[probe(info.name)];
+      if (slot != 0)
         throw FormatError("tensor " + info.name + " appears twice", ErrorContext{info.file, info.name, std::nullopt});
+      slot = i + 1;
     }
+  }
+
+  // The slot of `name` in `index`: where it is, or the empty slot that ends its probe.
+  size_t probe(std::string_view name) const {
+    const size_t mask = index.size() - 1;
+    for (size_t s = std::hash<std::string_view>{}(name) & mask;; s = (s + 1) & mask)
+      if (index[s] == 0 || infos[index[s] - 1].name == name) return s;
+  }
+
+  // The position of `name` in `infos`, or npos.
+  size_t find(std::string_view name) const {
+    if (index.empty()) return npos;
+    const size_t slot = index[probe(name)];
+    return slot == 0 ? npos : slot - 1;
   }
 
   StateDict state_dict(bool copy) const {
@@ -247,16 +269,16 @@ std::vector<std::string> Reader::keys() const {
   return out;
 }
 
-bool Reader::contains(std::string_view name) const { return impl_->index.count(name) != 0; }
+bool Reader::contains(std::string_view name) const { return impl_->find(name) != Impl::npos; }
 
 namespace {
 size_t position(const Reader::Impl& impl, std::string_view name) {
-  auto it = impl.index.find(name);
-  if (it == impl.index.end())
+  const size_t i = impl.find(name);
+  if (i == Reader::Impl::npos)
     throw TypeError("no tensor named '" + std::string(name) + "' (" + std::to_string(impl.infos.size()) +
                         " tensors)",
                     ErrorContext{impl.path, std::string(name), std::nullopt});
-  return it->second;
+  return i;
 }
 }  // namespace
 

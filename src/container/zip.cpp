@@ -136,7 +136,11 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
   std::vector<std::byte> cd(cd_size);
   file_->read_at(cd_offset, cd);
   entries_.reserve(count);
-  by_name_.reserve(count);
+  {
+    size_t slots = 16;  // at most half full
+    while (slots < 2 * count) slots *= 2;
+    by_name_.assign(slots, 0);
+  }
   size_t pos = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t here = cd_offset + pos;
@@ -174,19 +178,20 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
       xp += 4 + len;
     }
     pos += kCentralHeaderSize + name_len + extra_len + comment_len;
-    ErrorContext where{name, e.name, here};
-    if (e.flags & 0x1) throw UnsupportedError("encrypted zip entries are not supported", where);
+    // Built only for an error: two string copies per entry otherwise.
+    const auto where = [&] { return ErrorContext{name, e.name, here}; };
+    if (e.flags & 0x1) throw UnsupportedError("encrypted zip entries are not supported", where());
     if (e.method != 0 && e.method != 8)
-      throw UnsupportedError("zip compression method " + std::to_string(e.method) + " is not supported (only stored and deflate)", where);
+      throw UnsupportedError("zip compression method " + std::to_string(e.method) + " is not supported (only stored and deflate)", where());
     if (e.method == 0 && e.compressed_size != e.uncompressed_size)
       throw FormatError("damaged zip archive: stored entry has compressed size " + std::to_string(e.compressed_size) +
                             " but uncompressed size " + std::to_string(e.uncompressed_size),
-                        where);
+                        where());
     // The local header is read lazily (data_offset()); here only what the
     // central directory alone proves: the header's fixed part lies in the
     // file, and so does the payload at its earliest possible start.
     if (e.local_header_offset > size || size - e.local_header_offset < kLocalHeaderSize)
-      throw FormatError("damaged zip archive: local header lies outside the file", where);
+      throw FormatError("damaged zip archive: local header lies outside the file", where());
     if (e.compressed_size > size - e.local_header_offset - kLocalHeaderSize) {
       // Damaged whatever the local header says; it is read only for the
       // message (and its own damage, reported first as before).
@@ -197,13 +202,12 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
       const uint64_t data_offset = e.local_header_offset + kLocalHeaderSize + u16(lh + 26) + u16(lh + 28);
       throw FormatError("damaged zip archive: entry data (" + std::to_string(e.compressed_size) + " bytes at offset " +
                             std::to_string(data_offset) + ") passes the end of the file (" + std::to_string(size) + " bytes)",
-                        where);
+                        where());
     }
-    // The index keys view the names in entries_, which was reserved for
-    // `count` entries above and so never moves them.
+    size_t& slot = by_name_[name_slot(e.name)];
+    if (slot != 0) throw FormatError("damaged zip archive: duplicate entry name", where());
     entries_.push_back(std::move(e));
-    if (!by_name_.emplace(entries_.back().name, entries_.size() - 1).second)
-      throw FormatError("damaged zip archive: duplicate entry name", where);
+    slot = entries_.size();
   }
 
   // Case-insensitive index (torch's lookups ignore case), built only when a
@@ -224,52 +228,58 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
   std::sort(order.begin(), order.end());
   bounds_.assign(entries_.size(), Bound{cd_offset, kNoNext});
   uint64_t prev_end = 0;
-  std::string prev_name;
+  const std::string* prev_name = nullptr;
   for (size_t k = 0; k < order.size(); ++k) {
     const auto& [off, i] = order[k];
     const Entry& e = entries_[i];
     if (off < prev_end)
-      throw FormatError("damaged zip archive: entry overlaps '" + prev_name + "'", ErrorContext{name, e.name, off});
+      throw FormatError("damaged zip archive: entry overlaps '" + *prev_name + "'", ErrorContext{name, e.name, off});
     prev_end = off + kLocalHeaderSize + e.compressed_size;  // no overflow: both checked against the file size
-    prev_name = e.name;
+    prev_name = &e.name;
     if (k + 1 < order.size()) bounds_[i] = Bound{order[k + 1].first, order[k + 1].second};
   }
   if (prev_end > cd_offset)
-    throw FormatError("damaged zip archive: entry data overlaps the central directory", ErrorContext{name, prev_name, cd_offset});
+    throw FormatError("damaged zip archive: entry data overlaps the central directory", ErrorContext{name, *prev_name, cd_offset});
   data_offsets_ = std::make_unique<std::atomic<uint64_t>[]>(entries_.size());
 }
 
-uint64_t ZipReader::data_offset(const Entry& e) const {
+uint64_t ZipReader::data_offset(const Entry& e) const { return data_offset(e, {}); }
+
+uint64_t ZipReader::data_offset(const Entry& e, std::span<const std::byte> header) const {
   size_t index;
   if (!entries_.empty() && &e >= entries_.data() && &e < entries_.data() + entries_.size()) {
     index = static_cast<size_t>(&e - entries_.data());
   } else {  // a copy: the entry of that name
-    auto it = by_name_.find(e.name);
-    if (it == by_name_.end())
+    const Entry* same = find(e.name);
+    if (same == nullptr)
       throw Error("zip entry is not in this archive", ErrorContext{file_->name(), e.name, std::nullopt});
-    index = it->second;
+    index = static_cast<size_t>(same - entries_.data());
   }
   uint64_t off = data_offsets_[index].load(std::memory_order_relaxed);
   if (off != 0) return off;
-  off = resolve_data_offset(index);
+  off = resolve_data_offset(index, header);
   data_offsets_[index].store(off, std::memory_order_relaxed);  // racing resolvers store the same value
   return off;
 }
 
-uint64_t ZipReader::resolve_data_offset(size_t index) const {
+uint64_t ZipReader::resolve_data_offset(size_t index, std::span<const std::byte> header) const {
   const Entry& e = entries_[index];
   const std::string& name = file_->name();
   const uint64_t size = file_->size();
-  ErrorContext where{name, e.name, e.local_header_offset};
+  const auto where = [&] { return ErrorContext{name, e.name, e.local_header_offset}; };  // only for errors
   // The constructor checked that the header's fixed part lies in the file.
-  std::byte lh[kLocalHeaderSize];
-  file_->read_at(e.local_header_offset, lh);
-  if (u32(lh) != kLocalSig) throw FormatError("damaged zip archive: local header signature is wrong", where);
+  std::byte read[kLocalHeaderSize];
+  const std::byte* lh = header.data();
+  if (header.size() < kLocalHeaderSize) {
+    file_->read_at(e.local_header_offset, read);
+    lh = read;
+  }
+  if (u32(lh) != kLocalSig) throw FormatError("damaged zip archive: local header signature is wrong", where());
   const uint64_t data_offset = e.local_header_offset + kLocalHeaderSize + u16(lh + 26) + u16(lh + 28);
   if (data_offset > size || e.compressed_size > size - data_offset)
     throw FormatError("damaged zip archive: entry data (" + std::to_string(e.compressed_size) + " bytes at offset " +
                           std::to_string(data_offset) + ") passes the end of the file (" + std::to_string(size) + " bytes)",
-                      where);
+                      where());
   const Bound& b = bounds_[index];
   if (data_offset + e.compressed_size > b.end) {
     if (b.next == kNoNext)
@@ -295,8 +305,8 @@ std::vector<const Entry*> ZipReader::find_all_icase(std::string_view name) const
 
 const Entry* ZipReader::find_torch(std::string_view name) const {
   if (by_folded_.empty()) {
-    const bool lower = std::none_of(name.begin(), name.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
-    return lower ? find(name) : find(fold_case(name));
+    const bool upper = std::any_of(name.begin(), name.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
+    return upper ? find(fold_case(name)) : find(name);  // no copy when folding changes nothing
   }
   auto all = find_all_icase(name);
   if (all.empty()) return nullptr;
@@ -308,8 +318,15 @@ const Entry* ZipReader::find_torch(std::string_view name) const {
 }
 
 const Entry* ZipReader::find(std::string_view name) const noexcept {
-  auto it = by_name_.find(name);
-  return it == by_name_.end() ? nullptr : &entries_[it->second];
+  if (by_name_.empty()) return nullptr;
+  const size_t slot = by_name_[name_slot(name)];
+  return slot == 0 ? nullptr : &entries_[slot - 1];
+}
+
+size_t ZipReader::name_slot(std::string_view name) const noexcept {
+  const size_t mask = by_name_.size() - 1;
+  for (size_t s = std::hash<std::string_view>{}(name) & mask;; s = (s + 1) & mask)
+    if (by_name_[s] == 0 || entries_[by_name_[s] - 1].name == name) return s;
 }
 
 // Deflate: bound the output before anything is allocated for it (zip bombs,

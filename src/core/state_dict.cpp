@@ -82,6 +82,7 @@ StateDict StateDict::from_value(const Value& value) {
   const Dict& d = value.as_dict();
   StateDict sd;
   sd.items_.reserve(d.size());
+  sd.index_.reserve(d.size());  // no rehash while 100,000 names go in
   for (const auto& [k, v] : d) {
     if (!k.is_string())
       throw TypeError("expected a state dict, found a dict with a " + std::string(k.kind_name()) +

@@ -33,8 +33,9 @@ void for_each_tensor(const Value& root,
   // can make that number explode (a list holding one list twice, 40 deep:
   // 2^40 paths), so the walk is bounded.
   size_t visits = 0;
-  auto join = [](const std::string& base, const std::string& part) {
-    return base.empty() ? part : base + "/" + part;
+  auto join = [](const std::string& base, std::string part) {
+    if (base.empty()) return part;  // moved, not copied
+    return base + "/" + part;
   };
   while (!stack.empty()) {
     Frame f = std::move(stack.back());

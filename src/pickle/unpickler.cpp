@@ -371,6 +371,7 @@ class Machine final : public CallContext {
   std::vector<Value> foreign_values_;
   std::unordered_map<const void*, std::unordered_multimap<size_t, size_t>> set_index_;  // set -> hash -> position
   std::vector<std::pair<const Value*, size_t>> key_walk_;
+  Value empty_tuple_;  // pushed by EMPTY_TUPLE (None until the first)
   uint64_t key_work_ = 0;
   const uint64_t key_budget_;
   uint64_t growth_ = 0;
@@ -513,7 +514,18 @@ class Machine final : public CallContext {
     }
     return v;
   }
-  Value new_tuple(List items) { return track(Value::tuple(std::move(items))); }
+  Value new_tuple(List items) {
+    // A tuple of leaves only (ints, strings, tensors, storages...) never
+    // holds a container, now or later (no opcode changes a tuple): it is in
+    // no cycle and freeing it never recurses, so it stays out of the arena.
+    // A state dict's persistent ids, sizes and strides are such tuples
+    // (three per tensor). Charged as any other tuple.
+    const bool leaves =
+        std::none_of(items.begin(), items.end(), [](const Value& x) { return x.container_id() != nullptr; });
+    if (!leaves) return track(Value::tuple(std::move(items)));
+    charge(kSequenceCost);
+    return Value::tuple(std::move(items));
+  }
 
   // ---- memo
   Value* memo_find(uint64_t index) {
@@ -1101,7 +1113,14 @@ class Machine final : public CallContext {
 
         // -- containers
         case EMPTY_LIST: push(track(Value::list())); break;
-        case EMPTY_TUPLE: push(new_tuple({})); break;
+        case EMPTY_TUPLE:
+          // Python's () is one object: every EMPTY_TUPLE pushes the same
+          // tuple (a state dict has one per tensor, the arguments of its
+          // hooks' OrderedDict()), made once. Each is charged as before.
+          if (empty_tuple_.is_none()) empty_tuple_ = new_tuple({});
+          else charge(kSequenceCost);
+          push(empty_tuple_);
+          break;
         case EMPTY_DICT: push(track(Value::dict())); break;
         case EMPTY_SET: push(track(Value::set())); break;
         case LIST: push(track(Value::list(pop_mark(op)))); break;
@@ -1345,6 +1364,7 @@ class Machine final : public CallContext {
     memo_sparse_.clear();
     memo_count_ = 0;
     set_index_.clear();
+    empty_tuple_ = Value();
     for (const Value& v : arena_) empty_container(v);
     arena_.clear();
   }
