@@ -123,7 +123,8 @@ class PosixRandomAccessFile final : public RandomAccessFile {
   static constexpr size_t kMinWindow = size_t{4} << 10;
   static constexpr size_t kWindow = size_t{1} << 20;
 
-  void pread_fully(uint64_t offset, std::span<std::byte> dst) const {
+  // Reads until `dst` is full or the file ends; the bytes read.
+  size_t pread_upto(uint64_t offset, std::span<std::byte> dst) const {
     size_t done = 0;
     while (done < dst.size()) {
       // Linux returns at most ~2 GiB per call; loop until complete.
@@ -132,9 +133,15 @@ class PosixRandomAccessFile final : public RandomAccessFile {
         if (errno == EINTR) continue;
         throw_errno("read failed", path_, errno);
       }
-      if (n == 0) throw FormatError("file shrank while reading", ErrorContext{path_, "", offset + done});
+      if (n == 0) break;
       done += static_cast<size_t>(n);
     }
+    return done;
+  }
+
+  void pread_fully(uint64_t offset, std::span<std::byte> dst) const {
+    const size_t done = pread_upto(offset, dst);
+    if (done < dst.size()) throw FormatError("file shrank while reading", ErrorContext{path_, "", offset + done});
   }
 
   // Copies [offset, offset + dst.size()) from the window, refilling it from
@@ -148,20 +155,10 @@ class PosixRandomAccessFile final : public RandomAccessFile {
       const size_t capacity = std::max(next_window_, dst.size());
       if (window_.size() < capacity) window_.resize(capacity);
       const size_t want = static_cast<size_t>(std::min<uint64_t>(capacity, size_ - offset));
-      size_t got = 0;
-      while (got < want) {
-        ssize_t n = ::pread(fd_, window_.data() + got, want - got, static_cast<off_t>(offset + got));
-        if (n < 0) {
-          if (errno == EINTR) continue;
-          window_len_ = 0;
-          throw_errno("read failed", path_, errno);
-        }
-        if (n == 0) break;
-        got += static_cast<size_t>(n);
-      }
+      window_len_ = 0;  // empty if the read throws
+      window_len_ = pread_upto(offset, std::span<std::byte>(window_).first(want));
       window_offset_ = offset;
-      window_len_ = got;
-      if (got < dst.size()) return false;
+      if (window_len_ < dst.size()) return false;
     }
     if (!dst.empty()) std::memcpy(dst.data(), window_.data() + (offset - window_offset_), dst.size());
     served_ += dst.size();
