@@ -8,6 +8,7 @@
 
 #include "api/open_internal.hpp"
 #include "api/resolve.hpp"
+#include "core/name_table.hpp"
 #include "ckpt/error.hpp"
 #include "ckpt/tree.hpp"
 #include "formats/dcp_reader.hpp"
@@ -31,13 +32,11 @@ struct Reader::Impl {
   std::vector<std::string> files;
   std::vector<TensorInfo> infos;
   std::vector<Tensor> tensors;  // parallel to infos
-  // Names -> position in `infos`: an open-addressing table of positions + 1
-  // (0: empty), a power of two at most half full, built once by finish();
-  // names are compared in `infos`, which no longer changes. No key copy and
-  // no node per tensor (a hash map's 100,000 nodes were allocated at open
-  // and freed with the Reader).
-  std::vector<size_t> index;
-  static constexpr size_t npos = static_cast<size_t>(-1);
+  // Names -> position in `infos` (core/name_table.hpp: the names are
+  // compared in `infos`, which no longer changes once built), built once by
+  // finish().
+  NameTable index;
+  static constexpr size_t npos = NameTable::npos;
   std::map<std::string, std::string> metadata;
   uint64_t nbytes = 0;
   uint64_t file_bytes = 0;  // the sizes of `files`, summed
@@ -79,33 +78,22 @@ struct Reader::Impl {
     tensors.push_back(std::move(t));
   }
 
+  auto name_of() const {
+    return [this](size_t i) -> std::string_view { return infos[i].name; };
+  }
+
   // The name index, once every tensor is in; a name seen twice is refused.
   void finish() {
-    size_t slots = 16;
-    while (slots < 2 * infos.size()) slots *= 2;
-    index.assign(slots, 0);
+    index.reset(infos.size());
     for (size_t i = 0; i < infos.size(); ++i) {
       const TensorInfo& info = infos[i];
-      size_t& slot = index[probe(info.name)];
-      if (slot != 0)
+      if (!index.insert(info.name, i, name_of()))
         throw FormatError("tensor " + info.name + " appears twice", ErrorContext{info.file, info.name, std::nullopt});
-      slot = i + 1;
     }
   }
 
-  // The slot of `name` in `index`: where it is, or the empty slot that ends its probe.
-  size_t probe(std::string_view name) const {
-    const size_t mask = index.size() - 1;
-    for (size_t s = std::hash<std::string_view>{}(name) & mask;; s = (s + 1) & mask)
-      if (index[s] == 0 || infos[index[s] - 1].name == name) return s;
-  }
-
   // The position of `name` in `infos`, or npos.
-  size_t find(std::string_view name) const {
-    if (index.empty()) return npos;
-    const size_t slot = index[probe(name)];
-    return slot == 0 ? npos : slot - 1;
-  }
+  size_t find(std::string_view name) const { return index.find(name, name_of()); }
 
   StateDict state_dict(bool copy) const {
     StateDict sd;

@@ -136,11 +136,7 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
   std::vector<std::byte> cd(cd_size);
   file_->read_at(cd_offset, cd);
   entries_.reserve(count);
-  {
-    size_t slots = 16;  // at most half full
-    while (slots < 2 * count) slots *= 2;
-    by_name_.assign(slots, 0);
-  }
+  by_name_.reset(count);
   size_t pos = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t here = cd_offset + pos;
@@ -204,10 +200,9 @@ ZipReader::ZipReader(std::shared_ptr<io::RandomAccessFile> file, ReaderLimits li
                             std::to_string(data_offset) + ") passes the end of the file (" + std::to_string(size) + " bytes)",
                         where());
     }
-    size_t& slot = by_name_[name_slot(e.name)];
-    if (slot != 0) throw FormatError("damaged zip archive: duplicate entry name", where());
+    if (!by_name_.insert(e.name, entries_.size(), name_of()))
+      throw FormatError("damaged zip archive: duplicate entry name", where());
     entries_.push_back(std::move(e));
-    slot = entries_.size();
   }
 
   // Case-insensitive index (torch's lookups ignore case), built only when a
@@ -318,15 +313,8 @@ const Entry* ZipReader::find_torch(std::string_view name) const {
 }
 
 const Entry* ZipReader::find(std::string_view name) const noexcept {
-  if (by_name_.empty()) return nullptr;
-  const size_t slot = by_name_[name_slot(name)];
-  return slot == 0 ? nullptr : &entries_[slot - 1];
-}
-
-size_t ZipReader::name_slot(std::string_view name) const noexcept {
-  const size_t mask = by_name_.size() - 1;
-  for (size_t s = std::hash<std::string_view>{}(name) & mask;; s = (s + 1) & mask)
-    if (by_name_[s] == 0 || entries_[by_name_[s] - 1].name == name) return s;
+  const size_t i = by_name_.find(name, name_of());
+  return i == NameTable::npos ? nullptr : &entries_[i];
 }
 
 // Deflate: bound the output before anything is allocated for it (zip bombs,

@@ -35,6 +35,7 @@
 
 #include "ckpt/checksum.hpp"
 #include "ckpt/storage.hpp"
+#include "core/name_table.hpp"
 #include "io/file.hpp"
 
 namespace ckpt::zip {
@@ -117,13 +118,13 @@ class ZipReader {
   std::shared_ptr<io::RandomAccessFile> file_;
   ReaderLimits limits_;
   std::vector<Entry> entries_;
-  // Exact names -> entry: an open-addressing table of entry indices + 1
-  // (0: empty), a power of two at most half full; names are compared in
-  // entries_. No node or key copy per entry (a torch file of 100,000
+  // Exact names -> entry index (core/name_table.hpp: names compared in
+  // entries_, no node or key copy per entry; a torch file of 100,000
   // tensors has 100,000 records).
-  std::vector<size_t> by_name_;
-  // The slot of `name` in by_name_: where it is, or the empty slot that ends its probe.
-  size_t name_slot(std::string_view name) const noexcept;
+  NameTable by_name_;
+  auto name_of() const {
+    return [this](size_t i) -> std::string_view { return entries_[i].name; };
+  }
   std::unordered_multimap<std::string, size_t> by_folded_;  // lower-cased name -> index (empty: all lower case)
   // Per entry: where the next thing in the file (the next entry's local
   // header, or the central directory) starts, and that entry's index
