@@ -17,6 +17,7 @@
 
 #include <complex>
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -33,6 +34,9 @@ namespace ckpt {
 class Value;
 class Dict;
 struct Object;
+namespace detail {
+struct DecoderMarks;  // the pickle decoder's bookkeeping on containers (src/pickle)
+}
 
 using List = std::vector<Value>;
 
@@ -195,8 +199,10 @@ class Value {
   };
   struct Sequence {
     Kind kind;
+    uint8_t decoder_mark = 0;  // private to the pickle decoder (detail::DecoderMarks)
     List items;
   };
+  friend struct detail::DecoderMarks;
   struct BytesBox {
     std::string data;
     bool bytearray = false;
@@ -263,6 +269,8 @@ class Dict {
     void operator()(Index* p) const noexcept;
   };
   static constexpr size_t npos = static_cast<size_t>(-1);
+  friend struct detail::DecoderMarks;
+  uint8_t decoder_mark_ = 0;  // private to the pickle decoder; not copied
   std::vector<Item> items_;
   std::unique_ptr<Index, IndexDeleter> index_;  // null while size() <= kLinearMax
   size_t position(const Value& key) const;       // of key in items_, or npos
@@ -284,5 +292,17 @@ struct Object {
 };
 
 static_assert(sizeof(Value) <= 48, "a Value holds large alternatives out of line");
+
+// Inline: the decoders ask it several times per object they build.
+inline Value::Kind Value::kind() const noexcept {
+  static constexpr Kind kByIndex[] = {Kind::None,    Kind::Bool,   Kind::Int,     Kind::BigInt, Kind::Float,
+                                      Kind::Complex, Kind::String, Kind::Bytes,   Kind::List,   Kind::Dict,
+                                      Kind::Tensor,  Kind::Storage, Kind::DType,  Kind::Device, Kind::Size,
+                                      Kind::Global,  Kind::Object};
+  static_assert(std::size(kByIndex) == std::variant_size_v<Variant>);
+  const size_t i = v_.index();
+  if (i == 8) return std::get<8>(v_)->kind;  // list, tuple or set
+  return i < std::size(kByIndex) ? kByIndex[i] : Kind::None;  // valueless after a failed assignment
+}
 
 }  // namespace ckpt

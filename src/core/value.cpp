@@ -75,28 +75,6 @@ Value Value::ordered_dict() {
   return Value(std::move(d));
 }
 
-Value::Kind Value::kind() const noexcept {
-  switch (v_.index()) {
-    case 0: return Kind::None;
-    case 1: return Kind::Bool;
-    case 2: return Kind::Int;
-    case 3: return Kind::BigInt;
-    case 4: return Kind::Float;
-    case 5: return Kind::Complex;
-    case 6: return Kind::String;
-    case 7: return Kind::Bytes;
-    case 8: return std::get<8>(v_)->kind;
-    case 9: return Kind::Dict;
-    case 10: return Kind::Tensor;
-    case 11: return Kind::Storage;
-    case 12: return Kind::DType;
-    case 13: return Kind::Device;
-    case 14: return Kind::Size;
-    case 15: return Kind::Global;
-    default: return Kind::Object;
-  }
-}
-
 std::string_view Value::kind_name(Kind k) noexcept {
   switch (k) {
     case Kind::None: return "None";
@@ -654,7 +632,7 @@ void Dict::clear() {
 
 Value Value::make_sequence(Kind kind, List items) {
   Value v;
-  v.v_ = std::make_shared<Sequence>(Sequence{kind, std::move(items)});
+  v.v_ = std::make_shared<Sequence>(Sequence{kind, 0, std::move(items)});
   return v;
 }
 

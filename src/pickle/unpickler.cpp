@@ -30,8 +30,25 @@
 #include "pickle/torch_globals.hpp"
 #include "pickle/utf8.hpp"
 
+namespace ckpt::detail {
+
+// The decoder's byte on each container it builds (value.hpp keeps one in
+// every list/tuple/set and dict for it):
+//  - a tuple: 0 when the arena holds it; n >= 1 when it does not, and
+//    freeing it recurses through at most n tuples (see Machine::new_tuple);
+//  - a dict: 1 when the arena holds it; 0 when it does not (an empty dict a
+//    call returned, unchanged since: see Machine::native).
+struct DecoderMarks {
+  static uint8_t& of_tuple(const Value& v) { return std::get<std::shared_ptr<Value::Sequence>>(v.v_)->decoder_mark; }
+  static uint8_t& of_dict(const Value& v) { return std::get<std::shared_ptr<Dict>>(v.v_)->decoder_mark_; }
+};
+
+}  // namespace ckpt::detail
+
 namespace ckpt::pickle {
 namespace {
+
+using detail::DecoderMarks;
 
 // ---------------------------------------------------------------- opcodes
 
@@ -267,6 +284,170 @@ void empty_container(const Value& v) {
   }
 }
 
+// ---------------------------------------------------------------- the memo plan
+
+// The memo index of protocol-0 GET / PUT, read as CPython's C unpickler
+// (the one torch runs) reads it: PyLong_FromString(line, base 10) on the
+// NUL-terminated line, so text after a NUL byte is ignored, ASCII
+// whitespace may surround the number, a sign is allowed and single
+// underscores may separate digits ("p 7", "g1_0", "p+7"). Negative indices
+// and indices past Py_ssize_t fail in Python before anything runs.
+struct MemoIndex {
+  enum Status : uint8_t { ok, malformed, negative, out_of_range } status;
+  uint64_t value;
+};
+MemoIndex parse_memo_index(std::string_view line) {
+  std::string_view s = line.substr(0, std::min(line.size(), line.find('\0')));
+  const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; };
+  size_t i = 0, n = s.size();
+  while (i < n && space(s[i])) ++i;
+  while (n > i && space(s[n - 1])) --n;
+  bool negative = false;
+  if (i < n && (s[i] == '+' || s[i] == '-')) negative = s[i++] == '-';
+  uint64_t v = 0;
+  bool ok = i < n && is_digit(s[i]), overflow = false;
+  for (size_t j = i; ok && j < n; ++j) {
+    if (s[j] == '_') {
+      ok = j + 1 < n && is_digit(s[j + 1]);  // a digit precedes (checked by the loop) and follows
+      continue;
+    }
+    if (!is_digit(s[j])) {
+      ok = false;
+      break;
+    }
+    if (v > (static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) - 9) / 10) overflow = true;
+    else v = v * 10 + static_cast<uint64_t>(s[j] - '0');
+  }
+  if (!ok) return {MemoIndex::malformed, 0};
+  if (negative && v != 0) return {MemoIndex::negative, 0};
+  if (overflow) return {MemoIndex::out_of_range, 0};
+  return {MemoIndex::ok, v};
+}
+
+// Which memo entries a pickle reads. Python's and torch's picklers memoize
+// every object they write (a state dict: ~9 entries per tensor: its name,
+// persistent id, storage key, size and stride tuples, hooks, arguments,
+// result), and read back a handful by GET (the 'storage' and 'cpu' strings,
+// the globals, a storage key seen before). Keeping every entry keeps every
+// temporary object alive to the end of the run: for 100,000 small tensors,
+// most of the VM's memory and a large part of its time. Opcode lengths do not
+// depend on the VM's state (pickletools.genops decodes them statically), so
+// one pass over the opcodes up to STOP finds every GET the run can reach,
+// and PUT stores only the entries one of them reads. The pass stops where the
+// run would fail (an unknown opcode, a truncated argument): no GET past that
+// point can run. Indices must stay dense (at most half the pickle's size, as
+// picklers number entries 0, 1, 2...); otherwise there is no plan and every
+// entry is stored, as before.
+struct MemoPlan {
+  static constexpr uint32_t kUnread = std::numeric_limits<uint32_t>::max();
+  std::vector<uint32_t> slot;  // memo index -> its place among the read entries, or kUnread
+  uint32_t read = 0;           // entries some GET reads
+};
+
+std::optional<MemoPlan> plan_memo(std::span<const std::byte> data) {
+  const char* p = reinterpret_cast<const char*>(data.data());
+  const size_t size = data.size();
+  const uint64_t max_index = size / 2 + 64;
+  enum : uint8_t { kPut = 1, kRead = 2 };
+  std::vector<uint8_t> seen;  // per memo index
+  size_t used = 0;            // highest index noted + 1
+  uint64_t distinct = 0;      // indices stored so far: MEMOIZE's index
+  size_t pos = 0;
+  const auto note = [&](uint64_t index, uint8_t what) {
+    if (index > max_index) return false;
+    if (index >= seen.size()) seen.resize(std::max<size_t>(static_cast<size_t>(index) + 1, seen.size() * 2), 0);
+    used = std::max(used, static_cast<size_t>(index) + 1);
+    if (what == kPut && !(seen[index] & kPut)) ++distinct;
+    seen[index] |= what;
+    return true;
+  };
+  const auto le = [&](size_t n) {  // an n-byte little-endian argument (n <= 8), present
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(p[pos + i])) << (8 * i);
+    return v;
+  };
+  const auto skip_line = [&]() -> const char* {  // start of the line; pos moves past its newline
+    const void* nl = std::memchr(p + pos, '\n', size - pos);
+    if (nl == nullptr) return nullptr;
+    const char* start = p + pos;
+    pos = static_cast<size_t>(static_cast<const char*>(nl) - p) + 1;
+    return start;
+  };
+  bool done = false;
+  while (!done && pos < size) {
+    const auto op = static_cast<uint8_t>(p[pos++]);
+    const size_t left = size - pos;
+    size_t arg = 0;  // fixed bytes after the opcode
+    uint64_t len = 0;  // then this many bytes of data
+    switch (op) {
+      case STOP: done = true; break;
+      case MARK: case POP: case POP_MARK: case DUP: case NONE: case NEWTRUE: case NEWFALSE: case BINPERSID:
+      case REDUCE: case APPEND: case BUILD: case DICT: case EMPTY_DICT: case APPENDS: case LIST: case EMPTY_LIST:
+      case OBJ: case SETITEM: case TUPLE: case EMPTY_TUPLE: case SETITEMS: case NEWOBJ: case TUPLE1: case TUPLE2:
+      case TUPLE3: case EMPTY_SET: case ADDITEMS: case FROZENSET: case NEWOBJ_EX: case STACK_GLOBAL:
+        break;
+      case MEMOIZE:
+        if (!note(distinct, kPut)) return std::nullopt;
+        break;
+      case PROTO: case BININT1: case EXT1: arg = 1; break;
+      case BININT2: case EXT2: arg = 2; break;
+      case BININT: case EXT4: arg = 4; break;
+      case BINFLOAT: case FRAME: arg = 8; break;
+      case BINPUT: case BINGET: case LONG_BINPUT: case LONG_BINGET: {
+        arg = op == BINPUT || op == BINGET ? 1 : 4;
+        if (left < arg) return std::nullopt;
+        if (!note(le(arg), op == BINPUT || op == LONG_BINPUT ? kPut : kRead)) return std::nullopt;
+        break;
+      }
+      case SHORT_BINSTRING: case SHORT_BINUNICODE: case SHORT_BINBYTES: case LONG1:
+        if (left < 1) return std::nullopt;
+        arg = 1;
+        len = le(1);
+        break;
+      case BINSTRING: case LONG4: case BINUNICODE: case BINBYTES:
+        if (left < 4) return std::nullopt;
+        arg = 4;
+        len = le(4);
+        if ((op == BINSTRING || op == LONG4) && static_cast<int32_t>(len) < 0) return std::nullopt;
+        break;
+      case BINUNICODE8: case BINBYTES8: case BYTEARRAY8:
+        if (left < 8) return std::nullopt;
+        arg = 8;
+        len = le(8);
+        break;
+      case INT: case LONG: case FLOAT: case STRING: case UNICODE: case PERSID:
+        if (!skip_line()) done = true;
+        break;
+      case GLOBAL: case INST:
+        if (!skip_line() || !skip_line()) done = true;
+        break;
+      case PUT: case GET: {
+        const char* start = skip_line();
+        if (start == nullptr) {
+          done = true;
+          break;
+        }
+        const MemoIndex m = parse_memo_index(std::string_view(start, static_cast<size_t>(p + pos - 1 - start)));
+        if (m.status != MemoIndex::ok) {  // the run fails here
+          done = true;
+          break;
+        }
+        if (!note(m.value, op == PUT ? kPut : kRead)) return std::nullopt;
+        break;
+      }
+      default: done = true;  // an unknown opcode, or out-of-band buffers: the run fails here
+    }
+    if (done) break;
+    if (arg > left || len > left - arg) break;  // truncated: the run fails here
+    pos += arg + static_cast<size_t>(len);
+  }
+  MemoPlan plan;
+  plan.slot.assign(used, MemoPlan::kUnread);
+  for (size_t i = 0; i < used; ++i)
+    if (seen[i] & kRead) plan.slot[i] = plan.read++;
+  return plan;
+}
+
 // ---------------------------------------------------------------- the machine
 
 class Machine final : public CallContext {
@@ -283,6 +464,7 @@ class Machine final : public CallContext {
 
   Value run(size_t* consumed) {
     try {
+      start_memo();
       Value v = loop();
       check_result(v);
       if (consumed) *consumed = pos_;
@@ -364,6 +546,11 @@ class Machine final : public CallContext {
   std::vector<std::optional<Value>> memo_dense_;
   std::unordered_map<uint64_t, Value> memo_sparse_;
   size_t memo_count_ = 0;
+  // With a plan (opts_.memo_plan and dense indices, see plan_memo): only the
+  // entries some GET reads are kept, in memo_dense_ by their plan slot;
+  // memo_stored_ remembers which indices were stored (for MEMOIZE's count).
+  std::optional<MemoPlan> plan_;
+  std::vector<bool> memo_stored_;
   std::vector<Value> arena_;  // every container the VM created, to empty them without recursion
   // Containers returned by persistent_load: not ours to change or empty. The
   // values are kept so that their addresses stay theirs for the whole run.
@@ -510,31 +697,78 @@ class Machine final : public CallContext {
   Value track(Value v) {
     if (v.container_id() != nullptr) {
       charge(v.is_dict() ? kDictCost : v.is_object() ? kObjectCost : kSequenceCost);
-      arena_.push_back(v);
+      hold(v);
     }
     return v;
   }
+  void hold(const Value& v) {
+    arena_.push_back(v);
+    if (v.is_dict()) DecoderMarks::of_dict(v) = 1;
+  }
+  // How deep freeing a tuple may recurse before the arena must hold it.
+  static constexpr uint8_t kMaxLooseDepth = 32;
   Value new_tuple(List items) {
-    // A tuple of leaves only (ints, strings, tensors, storages...) never
-    // holds a container, now or later (no opcode changes a tuple): it is in
-    // no cycle and freeing it never recurses, so it stays out of the arena.
-    // A state dict's persistent ids, sizes and strides are such tuples
-    // (three per tensor). Charged as any other tuple.
-    const bool leaves =
-        std::none_of(items.begin(), items.end(), [](const Value& x) { return x.container_id() != nullptr; });
-    if (!leaves) return track(Value::tuple(std::move(items)));
+    // No opcode changes a tuple once it is made, so a cycle through it
+    // passes through a list, set, dict or object, all of which the arena
+    // holds (and empties, breaking the cycle). What is left is depth: a
+    // tuple whose children are leaves, containers the arena holds, loose
+    // empty dicts and loose tuples of depth < kMaxLooseDepth is freed with
+    // bounded recursion, so the arena need not hold it, and it is freed as
+    // soon as nothing refers to it. A state dict's persistent ids, sizes and
+    // strides and the argument tuples of its tensors (four per tensor) are
+    // such tuples. A deeper chain is held every kMaxLooseDepth tuples.
+    // Charged as any other tuple.
+    uint8_t depth = 0;  // of the deepest child freed along with the tuple
+    for (const Value& x : items) {
+      if (x.is_tuple()) depth = std::max(depth, DecoderMarks::of_tuple(x));
+      else if (x.is_dict() && DecoderMarks::of_dict(x) == 0) depth = std::max<uint8_t>(depth, 1);
+    }
+    if (depth >= kMaxLooseDepth) return track(Value::tuple(std::move(items)));
     charge(kSequenceCost);
-    return Value::tuple(std::move(items));
+    Value t = Value::tuple(std::move(items));
+    DecoderMarks::of_tuple(t) = static_cast<uint8_t>(depth + 1);
+    return t;
   }
 
   // ---- memo
+  void start_memo() {
+    if (!opts_.memo_plan) return;
+    plan_ = plan_memo(data_);
+    if (!plan_) return;
+    charge(plan_->slot.size() * (sizeof(uint32_t) + 1));
+    memo_stored_.assign(plan_->slot.size(), false);
+    memo_dense_.resize(plan_->read);
+    charge(plan_->read * sizeof(memo_dense_[0]));
+  }
   Value* memo_find(uint64_t index) {
+    if (plan_) {
+      if (index >= plan_->slot.size() || plan_->slot[index] == MemoPlan::kUnread) return nullptr;
+      auto& v = memo_dense_[plan_->slot[index]];
+      return v ? &*v : nullptr;
+    }
     if (index < memo_dense_.size()) return memo_dense_[index] ? &*memo_dense_[index] : nullptr;
     auto it = memo_sparse_.find(index);
     return it == memo_sparse_.end() ? nullptr : &it->second;
   }
   void memo_put(uint64_t index, uint8_t op) {
     if (stack_.size() <= base()) underflow(op);
+    if (plan_) {
+      // The plan saw every opcode the run reaches, so index < slot.size();
+      // grown anyway (as never read) should that ever not hold.
+      if (index >= plan_->slot.size()) {
+        charge((index + 1 - plan_->slot.size()) * (sizeof(uint32_t) + 1));
+        plan_->slot.resize(static_cast<size_t>(index) + 1, MemoPlan::kUnread);
+        memo_stored_.resize(static_cast<size_t>(index) + 1, false);
+      }
+      if (!memo_stored_[index]) {
+        if (memo_count_ >= opts_.limits.max_memo)
+          throw LimitError("pickle memo passes " + std::to_string(opts_.limits.max_memo) + " entries", where());
+        ++memo_count_;
+        memo_stored_[index] = true;
+      }
+      if (const uint32_t slot = plan_->slot[index]; slot != MemoPlan::kUnread) memo_dense_[slot] = stack_.back();
+      return;
+    }
     if (Value* v = memo_find(index)) {
       *v = stack_.back();
       return;
@@ -566,38 +800,15 @@ class Machine final : public CallContext {
     }
     push(*v);
   }
-  // The memo index of protocol-0 GET / PUT, read as CPython's C unpickler
-  // (the one torch runs) reads it: PyLong_FromString(line, base 10) on the
-  // NUL-terminated line, so text after a NUL byte is ignored, ASCII
-  // whitespace may surround the number, a sign is allowed and single
-  // underscores may separate digits ("p 7", "g1_0", "p+7"). Negative indices
-  // and indices past Py_ssize_t fail in Python before anything runs, and here.
   uint64_t memo_index(std::string_view line, const char* what) {
-    std::string_view s = line.substr(0, std::min(line.size(), line.find('\0')));
-    const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; };
-    size_t i = 0, n = s.size();
-    while (i < n && space(s[i])) ++i;
-    while (n > i && space(s[n - 1])) --n;
-    bool negative = false;
-    if (i < n && (s[i] == '+' || s[i] == '-')) negative = s[i++] == '-';
-    uint64_t v = 0;
-    bool ok = i < n && is_digit(s[i]), overflow = false;
-    for (size_t j = i; ok && j < n; ++j) {
-      if (s[j] == '_') {
-        ok = j + 1 < n && is_digit(s[j + 1]);  // a digit precedes (checked by the loop) and follows
-        continue;
-      }
-      if (!is_digit(s[j])) {
-        ok = false;
-        break;
-      }
-      if (v > (static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) - 9) / 10) overflow = true;
-      else v = v * 10 + static_cast<uint64_t>(s[j] - '0');
+    const MemoIndex m = parse_memo_index(line);
+    switch (m.status) {
+      case MemoIndex::ok: return m.value;
+      case MemoIndex::malformed: fail(std::string("malformed ") + what + " index " + quote(line));
+      case MemoIndex::negative: fail(std::string("negative ") + what + " index " + quote(line));
+      case MemoIndex::out_of_range: fail(std::string(what) + " index " + quote(line) + " is out of range");
     }
-    if (!ok) fail(std::string("malformed ") + what + " index " + quote(line));
-    if (negative && v != 0) fail(std::string("negative ") + what + " index " + quote(line));
-    if (overflow) fail(std::string(what) + " index " + quote(line) + " is out of range");
-    return v;
+    return m.value;
   }
 
   // ---- numbers
@@ -870,7 +1081,15 @@ class Machine final : public CallContext {
 
   Value native(const Global& g, const Value& args) {
     try {
-      return track(call_torch_global(g, args.as_tuple(), *this));
+      Value r = call_torch_global(g, args.as_tuple(), *this);
+      if (r.is_dict() && r.as_dict().empty() && r.as_dict().attributes.is_none()) {
+        // An empty dict (a state dict's per-tensor hooks, OrderedDict())
+        // holds nothing and is in no cycle: loose until an opcode changes
+        // it (before_change), so it is freed with whatever holds it.
+        charge(kDictCost);
+        return r;
+      }
+      return track(std::move(r));
     } catch (const TypeError& e) {  // a Value accessor met the wrong kind: malformed arguments
       throw FormatError(g.qualified() + ": " + e.message(), where());
     }
@@ -878,7 +1097,7 @@ class Machine final : public CallContext {
 
   // ---- BUILD
   void build(Value& inst, const Value& state) {
-    check_ours(inst, BUILD);
+    before_change(inst, BUILD);
     switch (inst.kind()) {
       case Value::Kind::Object: {
         Object& o = inst.as_object();
@@ -931,13 +1150,16 @@ class Machine final : public CallContext {
   }
 
   // ---- containers
-  void check_ours(const Value& target, uint8_t op) const {
+  // Before an opcode changes the container `target`: refuses a container the
+  // persistent loader returned, and has the arena hold a loose dict from now on.
+  void before_change(const Value& target, uint8_t op) {
     if (!foreign_.empty() && foreign_.count(target.container_id()))
       fail(std::string(op_name(op)) + " onto a value returned by the persistent loader");
+    if (target.is_dict() && DecoderMarks::of_dict(target) == 0) hold(target);
   }
 
   void append(Value& target, std::span<Value> items, uint8_t op) {
-    check_ours(target, op);
+    before_change(target, op);
     List* dest = nullptr;
     if (target.is_list()) dest = &target.as_list();
     else if (target.is_object() && inspecting()) dest = &target.as_object().list_items;
@@ -946,7 +1168,7 @@ class Machine final : public CallContext {
   }
 
   void add_items(Value& target, List items) {
-    check_ours(target, ADDITEMS);
+    before_change(target, ADDITEMS);
     if (target.kind() == Value::Kind::Set) {
       for (auto& x : items) set_add(target, std::move(x));
     } else if (target.is_object() && inspecting()) {
@@ -960,7 +1182,7 @@ class Machine final : public CallContext {
   }
 
   void set_item(Value& target, Value key, Value value, uint8_t op) {
-    check_ours(target, op);
+    before_change(target, op);
     if (target.is_dict()) {
       check_key(key);
       try {
@@ -979,7 +1201,7 @@ class Machine final : public CallContext {
   void set_items(Value& target, std::span<Value> kv, uint8_t op) {
     if (kv.size() % 2 != 0) fail(std::string(op_name(op)) + " with an odd number of values after MARK");
     if (kv.empty()) {  // still needs a dict there, as Python does
-      check_ours(target, op);
+      before_change(target, op);
       if (!target.is_dict() && !(target.is_object() && inspecting()))
         fail(std::string(op_name(op)) + " onto a " + kind_of(target) + ", which is not a dict");
     }
@@ -1363,6 +1585,8 @@ class Machine final : public CallContext {
     memo_dense_.clear();
     memo_sparse_.clear();
     memo_count_ = 0;
+    plan_.reset();
+    memo_stored_.clear();
     set_index_.clear();
     empty_tuple_ = Value();
     for (const Value& v : arena_) empty_container(v);

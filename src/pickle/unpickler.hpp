@@ -71,6 +71,12 @@ struct Options {
   // accepted as inert objects, and the result has arrays decoded to tensors
   // and scalars to numbers. Nothing from numpy is called.
   bool numpy = false;
+  // Store a memo entry only when some GET of the pickle reads it (one pass
+  // over the opcodes before the run finds which). Off: every PUT / MEMOIZE
+  // stores its value, as the VM did before. The result and every error are
+  // the same either way (the tests and fuzz_unpickler compare the two), but
+  // for the budget of objects built, which the plan leaves more room in.
+  bool memo_plan = true;
   // Error context.
   std::string file;
   std::string record;

@@ -1,6 +1,7 @@
 // fuzz_unpickler: the pickle VM on raw bytes, under both global policies.
 //
-// Each input is decoded three ways: weights_only (with TorchScript's
+// Each input is decoded three ways (and once more with the plan of memo
+// reads off, which must give the same outcome): weights_only (with TorchScript's
 // accept_inert hook for __torch__.* classes, and numpy decoding), inspect, and
 // inspect with numpy decoding and a `consumed` counter as the legacy reader
 // calls it. A persistent_load shaped
@@ -85,10 +86,39 @@ void decode(std::span<const std::byte> bytes, pickle::GlobalPolicy policy, bool 
   });
 }
 
+// The plan of memo reads (pickle::Options::memo_plan) must not change what
+// a pickle decodes to, nor any error but a LimitError (the plan stores less,
+// so a budget may run out only without it).
+std::string outcome(std::span<const std::byte> bytes, bool plan, bool& limited) {
+  StorageTable storages;
+  pickle::Options o;
+  o.policy = pickle::GlobalPolicy::inspect;
+  o.persistent_load = [&storages](const Value& pid, uint64_t offset) { return storages(pid, offset); };
+  o.memo_plan = plan;
+  o.file = "<fuzz>";
+  o.record = "data.pkl";
+  try {
+    return "value: " + pickle::unpickle(bytes, o).repr();
+  } catch (const LimitError& e) {
+    limited = true;
+    return e.what();
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
+void compare_memo_plans(std::span<const std::byte> bytes) {
+  bool limited = false;
+  const std::string with = outcome(bytes, true, limited);
+  const std::string without = outcome(bytes, false, limited);
+  if (!limited && with != without) __builtin_trap();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto bytes = fuzz::as_bytes(data, size);
+  compare_memo_plans(bytes);
   decode(bytes, pickle::GlobalPolicy::weights_only, /*inert_torch=*/true, /*count=*/false, /*numpy=*/true);
   decode(bytes, pickle::GlobalPolicy::inspect, false, false, false);
   decode(bytes, pickle::GlobalPolicy::inspect, false, true, true);

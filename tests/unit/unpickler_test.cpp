@@ -1035,6 +1035,99 @@ TEST(UnpicklerMalicious, Python2NamesAreMapped) {
 
 // ---------------------------------------------------------------- limits and hostile structure
 
+// ---------------------------------------------------------------- the memo plan
+
+// What loading `p` gives, as text: the value's repr() or the error's what(),
+// with the plan of memo reads on or off.
+std::string outcome(const std::string& p, bool plan, GlobalPolicy policy = GlobalPolicy::inspect) {
+  StorageLoader loader;
+  pickle::Options o = opts(policy);
+  o.persistent_load = [&](const Value& pid, uint64_t off) { return loader(pid, off); };
+  o.memo_plan = plan;
+  try {
+    return "value: " + load(p, o).repr();
+  } catch (const std::exception& e) {
+    return std::string("error: ") + e.what();
+  }
+}
+
+std::vector<std::string> memo_cases() {
+  std::vector<std::string> all = {
+      kNestedP0, kNestedP1, kNestedP2, kNestedP3, kNestedP4, kNestedP5, kFrozensetP4, kFrozensetP2,
+      kOrderedDictMetaP0, kOrderedDictMetaP2, kOrderedDictMetaP4, kPosixSystemP0, kPosixSystemP2, kEvalP0,
+      kLinearSD_torch113, kSequentialSD_torch113, kParameter_torch113, kViews_torch113, kLeaves_torch113,
+      kTensorWithAttr_torch113, kSparse_torch113, kQuantized_torch113, kLinearSD_torch2, kSequentialSD_torch2,
+      kParameter_torch2, kViews_torch2, kLeaves_torch2, kTensorWithAttr_torch2, kSparse_torch2, kQuantized_torch2,
+      kParameterWithState_torch2, kFloat8_torch2, kUint16View_torch2, kUntypedStorage_torch2,
+      // protocol 0 PUT / GET with the text forms CPython accepts
+      "(lp 7\nI1\nag 7\n.", "(lp+7\nI1\nag7_0\n.", "I5\np 3\n0g3\n.",
+      // MEMOIZE numbers entries by how many are stored; PUT may skip or reuse numbers
+      P().proto(4).none().op(0x94).binint1(1).op(0x94).binget(0).binget(1).tuple2().stop(),
+      P().proto(4).none().binput(5).binint1(1).op(0x94).binget(1).binget(5).tuple2().stop(),
+      P().proto(4).none().binput(5).op('0').binint1(1).op(0x94).op('0').binget(1).binget(5).tuple2().stop(),
+      P().proto(4).none().binput(0).binint1(1).binput(0).op(0x94).binget(0).binget(1).tuple2().stop(),
+      // read before stored, stored again, read of a number never stored
+      P().proto(2).binget(0).stop(), P().proto(2).none().binput(0).binint1(2).binput(0).binget(0).stop(),
+      P().proto(2).none().binput(0).binget(1).stop(),
+      // a memo index too far apart for a plan: every entry stored, as before
+      P().proto(2).none().op('r').u32(0xfffffff0).op('0').op('j').u32(0xfffffff0).stop(),
+      // a GET after an opcode the run fails on, a GET after a truncated argument
+      P().proto(2).none().binput(0).op(0xff).binget(0).stop(), P().proto(2).none().binput(0).op('X').u32(100),
+  };
+  return all;
+}
+
+TEST(UnpicklerMemoPlan, SameValuesAndErrorsWithAndWithoutThePlan) {
+  for (const std::string& p : memo_cases()) {
+    for (GlobalPolicy policy : {GlobalPolicy::inspect, GlobalPolicy::weights_only}) {
+      EXPECT_EQ(outcome(p, true, policy), outcome(p, false, policy)) << "pickle: " << testing::PrintToString(p);
+      // And every prefix: the same error at the same offset.
+      for (size_t n = 0; n < p.size(); n += 1 + p.size() / 64)
+        EXPECT_EQ(outcome(p.substr(0, n), true, policy), outcome(p.substr(0, n), false, policy));
+    }
+  }
+  EXPECT_EQ(outcome(P().proto(4).none().binput(5).op('0').binint1(1).op(0x94).op('0').binget(1).binget(5).tuple2().stop(),
+                    true),
+            "value: (1, None)");
+  EXPECT_CONTAINS(outcome(P().proto(2).none().binput(0).binget(1).stop(), true),
+                  "offset 0x5: memo entry 1 is read before it is stored");
+}
+
+TEST(UnpicklerMemoPlan, TheMemoLimitCountsEntriesStoredEvenWhenNoneIsRead) {
+  pickle::Options o = opts();
+  o.limits.max_memo = 2;
+  for (bool plan : {true, false}) {
+    o.memo_plan = plan;
+    EXPECT_CONTAINS(error_of<LimitError>(P().none().binput(0).binput(1).binput(2).stop(), o),
+                    "offset 0x5: pickle memo passes 2 entries");
+    EXPECT_NO_THROW(load(P().none().binput(0).binput(1).binput(1).binput(0).stop(), o));
+    EXPECT_CONTAINS(error_of<LimitError>(P().proto(4).none().op(0x94).op(0x94).binput(7).stop(), o),
+                    "pickle memo passes 2 entries");
+  }
+}
+
+// Tuples the arena does not hold, and empty dicts a call returned: a cycle
+// through them, deep chains of them, garbage made of them.
+TEST(UnpicklerMemoPlan, LooseTuplesAndDictsNeverLeakOrRecurseDeeply) {
+  // d = OrderedDict(); d['k'] = (d,): the dict is held from the SETITEM on.
+  P cyc;
+  cyc.proto(2).global("collections", "OrderedDict").empty_tuple().reduce().binput(0).short_binunicode("k")
+      .binget(0).tuple1().setitem();
+  EXPECT_CONTAINS(error_of<FormatError>(P(cyc).stop()), "recursive structure");
+  EXPECT_TRUE(load(P(cyc).op('0').none().stop()).is_none());  // as garbage: emptied, not leaked
+  // (OrderedDict(),) nested 200,000 deep, popped, and as the result.
+  P deep;
+  deep.proto(2).global("collections", "OrderedDict").empty_tuple().reduce();
+  for (int i = 0; i < 200000; ++i) deep.tuple1();
+  EXPECT_TRUE(load(P(deep).op('0').none().stop()).is_none());
+  EXPECT_CONTAINS(error_of<LimitError>(P(deep).stop()), "nesting deeper than 1000 levels");
+  // A tuple holding an empty dict that is filled later still reads as filled.
+  P later;
+  later.proto(2).global("collections", "OrderedDict").empty_tuple().reduce().binput(0).tuple1().binget(0)
+      .short_binunicode("a").binint1(1).setitem().op('0').stop();
+  EXPECT_EQ(load(later).repr(), "(OrderedDict({'a': 1}),)");
+}
+
 TEST(UnpicklerLimits, HugeMemoIndexDoesNotAllocate) {
   EXPECT_EQ(load(P().proto(2).none().op('r').u32(0xffffffff).op('0').op('j').u32(0xffffffff).stop()).repr(), "None");
   // Past Py_ssize_t CPython raises OverflowError before storing anything.
