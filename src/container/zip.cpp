@@ -312,6 +312,13 @@ const Entry* ZipReader::find_torch(std::string_view name) const {
   return all.front();
 }
 
+const Entry* ZipReader::find_torch(std::string_view name, size_t hint) const {
+  // With no upper-case letter in any name, an exact match is what the
+  // case-insensitive lookup returns (names are unique).
+  if (by_folded_.empty() && hint < entries_.size() && entries_[hint].name == name) return &entries_[hint];
+  return find_torch(name);
+}
+
 const Entry* ZipReader::find(std::string_view name) const noexcept {
   const size_t i = by_name_.find(name, name_of());
   return i == NameTable::npos ? nullptr : &entries_[i];

@@ -81,6 +81,10 @@ class ZipReader {
   // The entry torch's reader resolves `name` to (case-insensitive), null if
   // none; throws FormatError when several names match (torch may take any).
   const Entry* find_torch(std::string_view name) const;
+  // The same, trying the entry at position `hint` first: torch.save writes
+  // data/0, data/1, ... in the order its pickle refers to them, so a reader
+  // going through them guesses the next one right without hashing the name.
+  const Entry* find_torch(std::string_view name, size_t hint) const;
   const io::RandomAccessFile& file() const noexcept { return *file_; }
   const std::shared_ptr<io::RandomAccessFile>& file_ptr() const noexcept { return file_; }
 

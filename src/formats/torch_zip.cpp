@@ -92,7 +92,8 @@ class StorageLoader {
     // record's) go to a map by key, so that two spellings of one record stay
     // two storages, as in torch.
     record_name_.assign(dir_).append(key);
-    const zip::Entry* e = zip_.find_torch(record_name_);
+    const zip::Entry* e = zip_.find_torch(record_name_, next_entry_);
+    if (e != nullptr) next_entry_ = static_cast<size_t>(e - zip_.entries().data()) + 1;
     Value* slot = nullptr;
     if (e != nullptr && e->name == record_name_) {
       slot = &by_entry_[static_cast<size_t>(e - zip_.entries().data())];
@@ -146,6 +147,7 @@ class StorageLoader {
   std::string pkl_;
   std::string dir_;
   std::vector<Value> by_entry_;  // per zip entry: its storage once read (None before)
+  size_t next_entry_ = 0;        // where the next storage record is guessed to be (find_torch's hint)
   std::unordered_map<std::string, Value> by_key_;  // keys that are not their record's exact name
   std::string record_name_;      // dir_ + key, reused
 

@@ -157,6 +157,34 @@ std::string two_directories(const std::vector<Rec>& shown, const std::vector<Rec
   return out + end_record(shown.size(), cds[0].size(), off0, end_record(hidden.size(), cds[1].size(), off1));
 }
 
+// Storage records are found by name whatever their order in the archive
+// (the loader guesses the next record first, then looks the name up), and
+// ignoring letter case as torch's reader does.
+TEST(TorchInterpretation, StorageRecordsInAnyOrderAndAnyCase) {
+  const std::string b(4 * 3, '\x01'), c(4, '\x02');
+  const std::vector<std::vector<Rec>> archives = {
+      {{"archive/data.pkl", kPickleB}, {"archive/data/0", b}, {"archive/data/1", c}, {"archive/version", "3\n"}},
+      {{"archive/version", "3\n"}, {"archive/data/1", c}, {"archive/data/0", b}, {"archive/data.pkl", kPickleB}},
+      {{"archive/data.pkl", kPickleB}, {"archive/data/1", c}, {"archive/version", "3\n"}, {"archive/data/0", b}},
+      {{"archive/data.pkl", kPickleB}, {"archive/DATA/0", b}, {"archive/Data/1", c}, {"archive/version", "3\n"}},
+  };
+  for (const auto& recs : archives) {
+    for (bool mmap : {false, true}) {
+      ckpt::testing::TempDir dir;
+      const std::string path = dir.path() + "/f";
+      ckpt::testing::write_file(path, write_zip(recs));
+      ckpt::LoadOptions o;
+      o.mmap = mmap;
+      auto sd = ckpt::load_state_dict(path, o);
+      ASSERT_EQ(sd.size(), 2u);
+      EXPECT_EQ(sd.at("b").sizes(), std::vector<int64_t>{3});
+      EXPECT_EQ(std::memcmp(sd.at("b").data(), b.data(), b.size()), 0);
+      EXPECT_EQ(sd.at("c").sizes(), std::vector<int64_t>{1});
+      EXPECT_EQ(std::memcmp(sd.at("c").data(), c.data(), c.size()), 0);
+    }
+  }
+}
+
 TEST(TorchInterpretation, TheLastEndRecordWins) {
   const std::string benign = two_directories(records_a(), records_b());
   EXPECT_EQ(keys_of(benign), (std::vector<std::string>{"b", "c"}));
