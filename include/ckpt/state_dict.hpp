@@ -7,9 +7,9 @@
 // share storage (tied weights) keep sharing it. Not synchronised.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -23,6 +23,11 @@ class StateDict {
   using Item = std::pair<std::string, Tensor>;
 
   StateDict() = default;
+  StateDict(const StateDict& o);
+  StateDict(StateDict&&) noexcept = default;
+  StateDict& operator=(const StateDict& o);
+  StateDict& operator=(StateDict&&) noexcept = default;
+  ~StateDict() = default;
 
   size_t size() const noexcept { return items_.size(); }
   bool empty() const noexcept { return items_.empty(); }
@@ -53,14 +58,26 @@ class StateDict {
   // Accepts a dict/OrderedDict whose values are all tensors (keys must be
   // strings). Throws ckpt::TypeError naming the first offending key.
   static StateDict from_value(const Value& value);
+  // The same, moving each tensor out of `value` rather than copying it: for
+  // a tree the caller is done with (a loader's result). The tree's tensors
+  // are left empty, in `value` and in anything that shares its containers.
+  static StateDict from_value(Value&& value);
 
   // Total bytes of all tensors' elements (shared storages counted once per tensor).
   size_t nbytes() const noexcept;
 
  private:
+  // name -> position in items_ (src/core/state_dict.cpp): names are
+  // compared where they live, in items_, so a name is stored once.
+  struct Index;
+  struct IndexDeleter {
+    void operator()(Index* p) const noexcept;
+  };
   std::vector<Item> items_;
-  std::unordered_map<std::string, size_t> index_;
+  std::unique_ptr<Index, IndexDeleter> index_;  // null until the first set()
   void reindex();
+  template <class V>
+  static StateDict from_tree(V&& value);
 };
 
 // Whole-model pickles (torch.save(model)) read with weights_only = false are

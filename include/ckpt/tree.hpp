@@ -20,6 +20,10 @@ namespace ckpt {
 
 void for_each_tensor(const Value& root,
                      const std::function<void(const std::string& path, const Tensor& tensor)>& fn);
+// The same walk with each tensor writable, e.g. to move it out of a tree the
+// caller is done with. A tensor another Value shares is copied first (copy on
+// write), so nothing outside `root` changes.
+void for_each_mutable_tensor(Value& root, const std::function<void(const std::string& path, Tensor& tensor)>& fn);
 
 // One path component for a dict key.
 std::string path_component(const Value& key);

@@ -76,11 +76,13 @@ std::string suggest_key(const Value& v) {
   return "";
 }
 
-StateDict to_state_dict(const Value& root, const LoadOptions& options, const std::string& name) {
-  const Value& v = options.key.empty() ? root : lookup(root, options.key);
+// `root` is the loader's tree, which nothing else holds: its tensors are
+// moved into the state dict, not copied.
+StateDict to_state_dict(Value root, const LoadOptions& options, const std::string& name) {
+  Value v = options.key.empty() ? std::move(root) : lookup(root, options.key);
   if (is_module_object(v)) return module_state_dict(v);  // torch.save(model), weights_only=false
   try {
-    return StateDict::from_value(v);
+    return StateDict::from_value(std::move(v));
   } catch (const TypeError& e) {
     std::string where = options.key.empty() ? "the file" : "key '" + options.key + "'";
     std::string msg = "expected a state dict (a dict of tensors) but " + where + " holds " + describe(v);

@@ -137,7 +137,8 @@ void open_single(Reader::Impl& impl, const std::string& path, const std::shared_
   }
   if (!options.key.empty()) root = lookup(root, options.key);
   impl.reserve(root);
-  for_each_tensor(root, [&](const std::string& name, const Tensor& t) { impl.add(name, t, path, file.get()); });
+  // The tree is ours and dropped after: its tensors are moved into the Reader.
+  for_each_mutable_tensor(root, [&](const std::string& name, Tensor& t) { impl.add(name, std::move(t), path, file.get()); });
 }
 
 void open_index(Reader::Impl& impl, const std::string& index_path, const std::string& index_text,

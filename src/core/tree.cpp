@@ -19,12 +19,15 @@ std::string path_component(const Value& key) {
   return key.repr();
 }
 
-void for_each_tensor(const Value& root,
-                     const std::function<void(const std::string& path, const Tensor& tensor)>& fn) {
+namespace {
+
+// The walk of for_each_tensor / for_each_mutable_tensor (V: const Value or Value).
+template <class V, class Fn>
+void walk_tensors(V& root, const Fn& fn) {
   // Iterative: the trees ckpt's loaders build are acyclic and depth-limited,
   // but a caller's tree may be deep.
   struct Frame {
-    const Value* value;
+    V* value;
     std::string path;
   };
   std::vector<Frame> stack{{&root, ""}};
@@ -43,24 +46,24 @@ void for_each_tensor(const Value& root,
     if (++visits > kMaxWalkVisits)
       throw LimitError("the object tree reaches shared containers through more than " +
                        std::to_string(kMaxWalkVisits) + " paths; refusing to walk it");
-    const Value& v = *f.value;
+    V& v = *f.value;
     children.clear();
     switch (v.kind()) {
       case Value::Kind::Tensor:
         fn(f.path, v.as_tensor());
         break;
       case Value::Kind::Dict:
-        for (const auto& [k, val] : v.as_dict()) children.push_back({&val, join(f.path, path_component(k))});
+        for (auto& [k, val] : v.as_dict()) children.push_back({&val, join(f.path, path_component(k))});
         break;
       case Value::Kind::List:
       case Value::Kind::Tuple: {
-        const List& items = v.items();
+        List& items = v.items();
         for (size_t i = 0; i < items.size(); ++i) children.push_back({&items[i], join(f.path, std::to_string(i))});
         break;
       }
       case Value::Kind::Object:
         if (auto sparse = as_sparse(v)) {  // its parts, named as torch's accessors (args: (layout, data))
-          const List& data = v.as_object().args.as_tuple()[1].as_tuple();
+          List& data = v.as_object().args.as_tuple()[1].as_tuple();
           for (size_t i = 0; i < sparse->parts.size(); ++i)
             children.push_back({&data[i], join(f.path, sparse->parts[i].first)});
           break;
@@ -72,6 +75,17 @@ void for_each_tensor(const Value& root,
     }
     for (auto it = children.rbegin(); it != children.rend(); ++it) stack.push_back(std::move(*it));
   }
+}
+
+}  // namespace
+
+void for_each_tensor(const Value& root,
+                     const std::function<void(const std::string& path, const Tensor& tensor)>& fn) {
+  walk_tensors(root, fn);
+}
+
+void for_each_mutable_tensor(Value& root, const std::function<void(const std::string& path, Tensor& tensor)>& fn) {
+  walk_tensors(root, fn);
 }
 
 std::string describe(const Value& v) {

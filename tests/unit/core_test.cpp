@@ -6,6 +6,7 @@
 #include "ckpt/error.hpp"
 #include "ckpt/state_dict.hpp"
 #include "ckpt/tensor.hpp"
+#include "ckpt/tree.hpp"
 #include "ckpt/value.hpp"
 
 using namespace ckpt;
@@ -95,6 +96,67 @@ TEST(StateDict, RoundTripsThroughValue) {
   Value bad = Value::dict();
   bad.as_dict().set(Value("x"), Value(3));
   EXPECT_THROW(StateDict::from_value(bad), TypeError);
+}
+
+// The name index lives beside the items (names stored once): inserts,
+// replacements in place, erases, copies and lookups of names not there.
+TEST(StateDict, IndexFindsReplacesErasesAndCopies) {
+  StateDict sd;
+  EXPECT_EQ(sd.find("a"), nullptr);
+  EXPECT_FALSE(sd.erase("a"));
+  for (int i = 0; i < 1000; ++i) sd.set("layer" + std::to_string(i) + ".weight", Tensor::empty(DType::float32, {i % 7}));
+  ASSERT_EQ(sd.size(), 1000u);
+  EXPECT_EQ(sd.at("layer999.weight").sizes(), std::vector<int64_t>{999 % 7});
+  sd.set("layer5.weight", Tensor::empty(DType::int8, {3}));  // replaced where it was
+  EXPECT_EQ(sd.size(), 1000u);
+  EXPECT_EQ(sd.items()[5].first, "layer5.weight");
+  EXPECT_EQ(sd.items()[5].second.dtype(), DType::int8);
+  EXPECT_TRUE(sd.erase("layer0.weight"));
+  EXPECT_FALSE(sd.contains("layer0.weight"));
+  EXPECT_EQ(sd.items()[0].first, "layer1.weight");
+  EXPECT_EQ(sd.at("layer5.weight").dtype(), DType::int8);
+  StateDict copy = sd;
+  copy.set("extra", Tensor::empty(DType::float32, {1}));
+  EXPECT_TRUE(copy.contains("layer999.weight"));
+  EXPECT_FALSE(sd.contains("extra"));
+  StateDict assigned;
+  assigned = copy;
+  EXPECT_TRUE(assigned.contains("extra"));
+  StateDict moved = std::move(copy);
+  EXPECT_EQ(moved.size(), 1000u);
+  EXPECT_EQ(moved.find("nope"), nullptr);
+  EXPECT_THROW(moved.at("nope"), TypeError);
+}
+
+TEST(StateDict, FromAnRvalueTreeMovesTheTensors) {
+  StateDict sd;
+  sd.set("w", Tensor::empty(DType::float32, {2, 3}));
+  Value tree = sd.to_value();
+  const StateDict copied = StateDict::from_value(tree);
+  EXPECT_EQ(tree.as_dict().at(Value("w")).as_tensor().sizes(), (std::vector<int64_t>{2, 3}));
+  const StateDict taken = StateDict::from_value(std::move(tree));
+  EXPECT_EQ(taken.at("w").sizes(), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(taken.at("w").storage(), sd.at("w").storage());
+  EXPECT_EQ(copied.at("w").storage(), sd.at("w").storage());
+}
+
+TEST(Tree, MutableWalkVisitsLikeTheConstOneAndCopiesSharedTensorsFirst) {
+  Value root = Value::dict();
+  Tensor t = Tensor::empty(DType::float32, {2});
+  Value shared(t);
+  root.as_dict().set(Value("a"), shared);
+  Value inner = Value::list({Value(Tensor::empty(DType::int8, {1})), Value(3)});
+  root.as_dict().set(Value("b"), inner);
+  std::vector<std::string> paths, mutable_paths;
+  for_each_tensor(root, [&](const std::string& p, const Tensor&) { paths.push_back(p); });
+  for_each_mutable_tensor(root, [&](const std::string& p, Tensor& x) {
+    mutable_paths.push_back(p);
+    x = Tensor();  // taken
+  });
+  EXPECT_EQ(paths, (std::vector<std::string>{"a", "b/0"}));
+  EXPECT_EQ(mutable_paths, paths);
+  EXPECT_FALSE(root.as_dict().at(Value("a")).as_tensor().defined());
+  EXPECT_TRUE(shared.as_tensor().defined());  // another Value's tensor is not touched
 }
 
 TEST(Error, RendersContext) {
