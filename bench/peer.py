@@ -111,6 +111,9 @@ def generate(kind, out_pt, out_st, args):
         base = max(1, total // n // 4 * 2 // 3)  # float32 elements; sizes run base..2*base
         for i in range(n):
             sd[f"blocks.{i // 100}.param_{i % 100}"] = torch.randn(base + (i * 7919) % (base + 1), generator=g)
+    elif kind == "tiny":  # issue #20's scenario: 100,000 tensors of 16 float32
+        for i in range(int(args[0])):
+            sd[f"layer{i}.weight"] = torch.randn(16, generator=g)
     elif kind == "big":
         mib = int(args[0])
         chunk = 256  # MiB a tensor
