@@ -746,7 +746,10 @@ class Machine final : public CallContext {
       auto& v = memo_dense_[plan_->slot[index]];
       return v ? &*v : nullptr;
     }
-    if (index < memo_dense_.size()) return memo_dense_[index] ? &*memo_dense_[index] : nullptr;
+    // An entry stays where its first PUT stored it: an index put in the map
+    // while the vector was short is still in the map after the vector grows.
+    if (index < memo_dense_.size() && memo_dense_[index]) return &*memo_dense_[index];
+    if (memo_sparse_.empty()) return nullptr;
     auto it = memo_sparse_.find(index);
     return it == memo_sparse_.end() ? nullptr : &it->second;
   }

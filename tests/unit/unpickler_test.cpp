@@ -1093,6 +1093,21 @@ TEST(UnpicklerMemoPlan, SameValuesAndErrorsWithAndWithoutThePlan) {
                   "offset 0x5: memo entry 1 is read before it is stored");
 }
 
+// Found by fuzz_unpickler's comparison of the two ways: without a plan, an
+// index stored while it was far past the others (in the map) was lost once
+// the dense entries grew past it, and a later GET failed where Python reads it.
+TEST(UnpicklerMemoPlan, AnEntryStoredFarAheadIsFoundAfterTheOthersCatchUp) {
+  P p;
+  p.proto(2).binint1(7).binput(200).op('0');
+  for (int i = 0; i <= 210; ++i) p.none().binput(static_cast<uint8_t>(i == 200 ? 201 : i)).op('0');
+  p.binget(200).stop();
+  for (bool plan : {true, false}) {
+    pickle::Options o = opts();
+    o.memo_plan = plan;
+    EXPECT_EQ(load(p, o).repr(), "7") << "plan " << plan;
+  }
+}
+
 TEST(UnpicklerMemoPlan, TheMemoLimitCountsEntriesStoredEvenWhenNoneIsRead) {
   pickle::Options o = opts();
   o.limits.max_memo = 2;
