@@ -34,19 +34,21 @@ class Storage {
 
   // Owned, uninitialised bytes. Allocations of kHugePageThreshold bytes or more
   // are placed on 2 MiB boundaries in their own anonymous mapping advised
-  // MADV_HUGEPAGE, so that filling them faults 2 MiB pages instead of 4 KiB
-  // ones (several times faster for a fresh GiB), unless `huge` is off, the
-  // environment sets CKPT_HUGE_PAGES=0, or an earlier huge-page fault stalled
-  // (see huge_pages_active()). Smaller ones are 64-byte aligned heap memory.
+  // MADV_HUGEPAGE and faulted in when allocated, one 2 MiB page at a time
+  // (several times faster than 4 KiB pages for a fresh GiB), unless `huge`
+  // is off, the environment sets CKPT_HUGE_PAGES=0, or an earlier huge-page
+  // fault stalled (see huge_pages_active()). Smaller ones are 64-byte aligned
+  // heap memory, faulted in when first written.
   enum class HugePages : unsigned char { on, off };
   static constexpr size_t kHugePageThreshold = size_t{4} << 20;
   static Storage allocate(size_t nbytes, HugePages huge = HugePages::on);
   // Whether large allocations still use huge pages in this process: false when
   // CKPT_HUGE_PAGES=0, when transparent huge pages are disabled in the kernel,
-  // or after one allocation's first huge-page fault took longer than 1 ms (a
-  // normal one takes 0.1-0.3 ms: the kernel compacted memory on the faulting
-  // thread, or a hypervisor had taken the 2 MiB block back through free page
-  // reporting), after which every later allocation uses normal pages — one
+  // or after one huge-page fault took longer than 1 ms (a normal one takes
+  // 0.1-0.3 ms: the kernel compacted memory on the faulting thread, or a
+  // hypervisor had taken the 2 MiB block back through free page reporting).
+  // Every fault is timed, as allocate() takes them; after the first stall
+  // the rest of that allocation and every later one use normal pages — one
   // bounded stall, never a slower load.
   static bool huge_pages_active() noexcept;
   // Owned copy of `bytes`.
